@@ -1,0 +1,135 @@
+package machine
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/capsule-vm/capsule/kvm"
+)
+
+// Fixed guest-physical addresses capsule uses below 1 MiB. Loaded images
+// must start at or above KernelMin.
+const (
+	GDTAddr      = 0x0500 // GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18)
+	BootInfoAddr = 0x1000 // boot-protocol block (zero page or unikernel boot info)
+	MemMapAddr   = 0x3000 // memory map handed to a unikernel
+	PML4Addr     = 0x9000 // page tables: PML4, PDPT, then 4 page directories
+	pdptAddr     = PML4Addr + 0x1000
+	pdAddr       = PML4Addr + 0x2000
+	CmdlineAddr  = 0x20000 // kernel command line, NUL-terminated
+	CmdlineMax   = 0x10000 // room for the command line, NUL included
+	StackTop     = 0x80000 // initial stack pointer of a unikernel
+	EBDAStart    = 0x9fc00 // top of low RAM; [EBDAStart, 1 MiB) is reserved
+	KernelMin    = 0x100000
+	// IdentityMapped is how much of the address space the boot page
+	// tables identity-map (with 2 MiB pages), MMIO gap included.
+	IdentityMapped = 4 * GiB
+
+	CodeSelector = 0x08
+	DataSelector = 0x10
+	TSSSelector  = 0x18
+)
+
+// E820 memory types.
+const (
+	E820RAM      = 1
+	E820Reserved = 2
+)
+
+// E820Entry is one range of the guest's memory map.
+type E820Entry struct {
+	Addr uint64
+	Size uint64
+	Type uint32
+}
+
+// E820 returns the memory map of mem: low RAM up to the EBDA, the
+// reserved legacy area up to 1 MiB, and RAM from 1 MiB on (split by the
+// MMIO gap when RAM is that large).
+func E820(mem *GuestMemory) []E820Entry {
+	var m []E820Entry
+	for _, r := range mem.Regions() {
+		if r.GPA == 0 {
+			m = append(m, E820Entry{0, min(r.Size, EBDAStart), E820RAM})
+			if r.Size > KernelMin {
+				m = append(m, E820Entry{EBDAStart, KernelMin - EBDAStart, E820Reserved})
+				m = append(m, E820Entry{KernelMin, r.Size - KernelMin, E820RAM})
+			}
+			continue
+		}
+		m = append(m, E820Entry{r.GPA, r.Size, E820RAM})
+	}
+	return m
+}
+
+// MinMemory is the least guest RAM capsule can boot with: the fixed
+// low-memory layout plus room for a kernel.
+const MinMemory = 2 * MiB
+
+// gdt holds flat 64-bit segments and a TSS descriptor for the boot CPU.
+var gdt = []uint64{
+	0,                  // null
+	0x00af9b000000ffff, // 0x08: code, 64-bit, present, DPL 0, accessed
+	0x00cf93000000ffff, // 0x10: data, 4 GiB, present, writable, accessed
+	0x00808b0000000067, // 0x18: 64-bit TSS (busy), base 0, limit 0x67
+	0,                  //       TSS descriptor, upper half
+}
+
+// SetupLongMode writes the GDT and page tables that identity-map the first
+// IdentityMapped bytes, for entering a guest directly in 64-bit mode.
+func SetupLongMode(mem *GuestMemory) error {
+	if mem.Size() < MinMemory {
+		return fmt.Errorf("guest memory %d KiB is below the %d MiB minimum", mem.Size()>>10, MinMemory/MiB)
+	}
+	b := make([]byte, 0, 8*len(gdt))
+	for _, d := range gdt {
+		b = binary.LittleEndian.AppendUint64(b, d)
+	}
+	if err := mem.WriteAt(b, GDTAddr); err != nil {
+		return fmt.Errorf("write GDT: %w", err)
+	}
+	const present, writable, huge = 1, 2, 0x80
+	tables := make([]byte, 6*4096)
+	binary.LittleEndian.PutUint64(tables[0:], pdptAddr|present|writable)
+	for i := range uint64(4) {
+		binary.LittleEndian.PutUint64(tables[4096+8*i:], (pdAddr+i*4096)|present|writable)
+	}
+	for i := range uint64(IdentityMapped / (2 * MiB)) {
+		binary.LittleEndian.PutUint64(tables[2*4096+8*i:], i*2*MiB|present|writable|huge)
+	}
+	if err := mem.WriteAt(tables, PML4Addr); err != nil {
+		return fmt.Errorf("write page tables: %w", err)
+	}
+	return nil
+}
+
+// Control-register and EFER bits used at entry.
+const (
+	CR0PE   = 1 << 0
+	CR0MP   = 1 << 1
+	CR0ET   = 1 << 4
+	CR0NE   = 1 << 5
+	CR0WP   = 1 << 16
+	CR0AM   = 1 << 18
+	CR0PG   = 1 << 31
+	CR4PAE  = 1 << 5
+	EFERLME = 1 << 8
+	EFERLMA = 1 << 10
+)
+
+// LongModeSregs puts s in 64-bit mode with the GDT and page tables of
+// SetupLongMode: flat segments, paging on, interrupts described by an empty
+// IDT (any exception before the guest loads its own triple-faults).
+func LongModeSregs(s *kvm.Sregs) {
+	code := kvm.Segment{Limit: 0xffffffff, Selector: CodeSelector, Type: 11, Present: 1, S: 1, L: 1, G: 1}
+	data := kvm.Segment{Limit: 0xffffffff, Selector: DataSelector, Type: 3, Present: 1, S: 1, DB: 1, G: 1}
+	s.CS = code
+	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
+	s.TR = kvm.Segment{Limit: 0x67, Selector: TSSSelector, Type: 11, Present: 1}
+	s.GDT = kvm.DTable{Base: GDTAddr, Limit: uint16(8*len(gdt) - 1)}
+	s.IDT = kvm.DTable{}
+	s.CR0 = CR0PE | CR0MP | CR0ET | CR0NE | CR0WP | CR0AM | CR0PG
+	s.CR3 = PML4Addr
+	s.CR4 = CR4PAE
+	s.EFER = EFERLME | EFERLMA
+}
