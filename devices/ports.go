@@ -1,0 +1,60 @@
+package devices
+
+import "sync"
+
+// Debug ports capsule offers every guest.
+const (
+	// ExitPort: a byte written here stops the VM; capsule exits with it.
+	ExitPort = 0xf4
+	// BootMarkerPort: the guest writes BootMarkerValue here when it has
+	// booted; capsule records the time since its process started.
+	BootMarkerPort  = 0xf5
+	BootMarkerValue = 123
+	// I8042Port is the i8042 command/status port; command 0xfe pulses the
+	// CPU reset line (how Linux's reboot=k and many guests reset).
+	I8042Port     = 0x64
+	I8042Data     = 0x60
+	i8042CmdReset = 0xfe
+)
+
+// ExitDevice turns a guest write on ExitPort into a stop request.
+type ExitDevice struct {
+	OnExit func(status byte)
+}
+
+func (d *ExitDevice) Read(_ uint64, data []byte) { clear(data) }
+
+func (d *ExitDevice) Write(_ uint64, data []byte) {
+	if len(data) > 0 && d.OnExit != nil {
+		d.OnExit(data[0])
+	}
+}
+
+// BootMarker calls OnBoot the first time the guest writes
+// BootMarkerValue.
+type BootMarker struct {
+	OnBoot func()
+	once   sync.Once
+}
+
+func (d *BootMarker) Read(_ uint64, data []byte) { clear(data) }
+
+func (d *BootMarker) Write(_ uint64, data []byte) {
+	if len(data) > 0 && data[0] == BootMarkerValue && d.OnBoot != nil {
+		d.once.Do(d.OnBoot)
+	}
+}
+
+// I8042 is just enough of the PS/2 controller for a guest to reset the
+// machine: it spans ports 0x60-0x64 and reports an empty controller.
+type I8042 struct {
+	OnReset func()
+}
+
+func (d *I8042) Read(_ uint64, data []byte) { clear(data) }
+
+func (d *I8042) Write(offset uint64, data []byte) {
+	if offset == I8042Port-I8042Data && len(data) > 0 && data[0] == i8042CmdReset && d.OnReset != nil {
+		d.OnReset()
+	}
+}
