@@ -2,4 +2,8 @@ module github.com/capsule-vm/capsule
 
 go 1.26.0
 
-require golang.org/x/sys v0.50.0
+require (
+	github.com/spf13/pflag v1.1.0
+	golang.org/x/sys v0.50.0
+	golang.org/x/term v0.48.0
+)

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/capsule-vm/capsule/internal/kvmtest"
+)
+
+func runMain(args ...string) (status int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	status = mainStatus(args, &o, &e)
+	return status, o.String(), e.String()
+}
+
+func TestUserErrorsAreOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"kernel that is not an ELF", []string{"run", "--kernel", "/etc/hostname"}, "/etc/hostname: not an ELF file"},
+		{"missing kernel", []string{"run", "--kernel", "/nonexistent"}, "/nonexistent"},
+		{"no kernel flag", []string{"run"}, "--kernel is required"},
+		{"bad vCPU count", []string{"run", "--kernel", "x", "--cpus", "0"}, "--cpus 0"},
+		{"stray argument", []string{"run", "--kernel", "x", "extra"}, "unexpected argument"},
+		{"unknown flag", []string{"run", "--bogus"}, "unknown flag: --bogus"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, _, stderr := runMain(tc.args...)
+			if status == 0 {
+				t.Fatal("exit status 0")
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q does not mention %q", stderr, tc.want)
+			}
+			if strings.Contains(stderr, "goroutine") || strings.Contains(stderr, "panic") {
+				t.Fatalf("stderr has a stack trace: %q", stderr)
+			}
+			if tc.name != "unknown flag" && strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("stderr is not one line: %q", stderr)
+			}
+		})
+	}
+}
+
+func TestHelpExplainsEveryFlag(t *testing.T) {
+	status, _, stderr := runMain("run", "--help")
+	if status != 0 {
+		t.Fatalf("--help exit status %d", status)
+	}
+	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "Ctrl-A x", "0xf4"} {
+		if !strings.Contains(stderr, f) {
+			t.Errorf("run --help does not mention %s", f)
+		}
+	}
+	if status, out, _ := runMain("version"); status != 0 || !strings.HasPrefix(out, "capsule ") {
+		t.Fatalf("version: %d %q", status, out)
+	}
+	if status, out, _ := runMain("--help"); status != 0 || !strings.Contains(out, "probe") {
+		t.Fatalf("--help: %d %q", status, out)
+	}
+}
+
+// binary returns bin/capsule as built by make.
+func binary(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("../../bin/capsule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		if kvmtest.Required() {
+			t.Fatalf("%s missing", p)
+		}
+		t.Skipf("%s not built: run make", p)
+	}
+	return p
+}
+
+func exitStatus(t *testing.T, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if err == nil {
+		return 0
+	}
+	if !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return ee.ExitCode()
+}
+
+func TestProbeNamesTheKind(t *testing.T) {
+	out, err := exec.Command(binary(t), "probe").Output()
+	status := exitStatus(t, err)
+	first := strings.SplitN(string(out), "\n", 2)[0]
+	if !strings.HasPrefix(first, "kvm: ") {
+		t.Fatalf("first line %q", first)
+	}
+	if kvmtest.Required() && (!strings.HasPrefix(first, "kvm: hardware") || status != 0) {
+		t.Fatalf("in the rig probe says %q (status %d), want kvm: hardware", first, status)
+	}
+	if strings.HasPrefix(first, "kvm: none") != (status == 1) {
+		t.Fatalf("probe %q exit status %d", first, status)
+	}
+	t.Logf("on %s: %s", kvmtest.Where(), first)
+}
+
+func TestRunHelloExitsWithGuestStatus(t *testing.T) {
+	kvmtest.Open(t)
+	cmd := exec.Command(binary(t), "run", "--kernel", "../../testdata/guests/hello.elf", "--cmdline", "exit=3")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if s := exitStatus(t, err); s != 3 {
+		t.Fatalf("exit status %d, want 3 (stderr %q)", s, stderr.String())
+	}
+	if !strings.Contains(string(out), "Hello from a capsule unikernel") {
+		t.Fatalf("stdout %q", out)
+	}
+	if !strings.Contains(stderr.String(), "boot ") {
+		t.Fatalf("stderr %q lacks the boot time", stderr.String())
+	}
+	t.Logf("on %s: %s", kvmtest.Where(), strings.TrimSpace(stderr.String()))
+}
+
+func TestRunStatuses(t *testing.T) {
+	kvmtest.Open(t)
+	bin := binary(t)
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		status int
+		stderr string
+	}{
+		{"timeout exits 124", []string{"--kernel", "../../testdata/guests/spin.elf", "--timeout", "300ms"}, 124, "--timeout 300ms reached"},
+		{"triple fault exits 125", []string{"--kernel", "../../testdata/guests/fault.elf"}, 125, "guest triple-faulted"},
+		{"i8042 reset exits 0", []string{"--kernel", "../../testdata/guests/reboot.elf"}, 0, "(reset)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"run"}, tc.args...)...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			if s := exitStatus(t, err); s != tc.status || !strings.Contains(stderr.String(), tc.stderr) {
+				t.Fatalf("exit status %d stderr %q; want %d and %q", s, stderr.String(), tc.status, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestSIGTERMStopsTheVMAndLeavesNothing(t *testing.T) {
+	kvmtest.Open(t)
+	cmd := exec.Command(binary(t), "run", "--kernel", "../../testdata/guests/spin.elf", "--cpus", "2")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "spinning\n" {
+		cmd.Process.Kill()
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	if s := exitStatus(t, err); s != 128+int(syscall.SIGTERM) {
+		t.Fatalf("exit status %d, want %d (stderr %q)", s, 128+int(syscall.SIGTERM), stderr.String())
+	}
+	if err := syscall.Kill(cmd.Process.Pid, 0); err == nil {
+		t.Fatal("capsule process still exists after Wait")
+	}
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/vmm"
+)
+
+// Exit statuses of capsule run besides the guest's own.
+const (
+	statusError   = 1   // capsule could not start or run the VM
+	statusTimeout = 124 // --timeout reached, as timeout(1)
+)
+
+// errConsoleStop is the context cause when the user types Ctrl-A x.
+var errConsoleStop = errors.New("stopped from the console (Ctrl-A x)")
+
+// errTimeout is the context cause when --timeout expires.
+var errTimeout = errors.New("--timeout reached")
+
+// signalError is the context cause when SIGINT or SIGTERM arrives.
+type signalError struct{ sig syscall.Signal }
+
+func (e signalError) Error() string { return "stopped by " + e.sig.String() }
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("run", "run --kernel PATH [flags]", `Boots a kernel in a new micro-VM. The guest's serial console (COM1) is
+connected to this terminal: output goes to stdout, and what you type goes to
+the guest. On a terminal, type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends
+a Ctrl-A to the guest).
+
+capsule exits with the status the guest writes to I/O port 0xf4, with 0 when
+the guest reboots, 124 when --timeout expires, 125 when the guest
+triple-faults, 126 when a vCPU cannot go on, 128+N after signal N, and 1 when
+capsule itself fails. A summary with the boot time (the guest's write of 123
+to I/O port 0xf5) goes to stderr.
+`, stderr)
+	var cfg vmm.Config
+	var timeout time.Duration
+	var quiet bool
+	fs.StringVar(&cfg.Kernel, "kernel", "", "kernel to boot: a 64-bit ELF unikernel (required)")
+	fs.StringVar(&cfg.Initrd, "initrd", "", "initial ramdisk to load (Linux kernels)")
+	fs.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line")
+	fs.IntVar(&cfg.CPUs, "cpus", vmm.DefaultCPUs, "number of vCPUs")
+	fs.IntVar(&cfg.MemoryMiB, "memory", vmm.DefaultMemoryMiB, "guest RAM in MiB")
+	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (flags take the form --kernel PATH)", fs.Arg(0))
+	}
+	if cfg.CPUs < 1 {
+		return fmt.Errorf("--cpus %d: must be at least 1", cfg.CPUs)
+	}
+	if cfg.MemoryMiB < 1 {
+		return fmt.Errorf("--memory %d: must be a positive number of MiB", cfg.MemoryMiB)
+	}
+	if timeout < 0 {
+		return fmt.Errorf("--timeout %v: must not be negative", timeout)
+	}
+	cfg.Console = stdout
+
+	vm, err := vmm.New(cfg)
+	if errors.Is(err, kvm.ErrNoKVM) {
+		return fmt.Errorf("%w (capsule probe says more; make demo boots through the nested rig)", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	if timeout > 0 {
+		t := time.AfterFunc(timeout, func() { cancel(errTimeout) })
+		defer t.Stop()
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(signalError{s.(syscall.Signal)})
+		case <-ctx.Done():
+		}
+	}()
+
+	con, err := startConsole(os.Stdin, vm.Receive, func() { cancel(errConsoleStop) })
+	if err != nil {
+		return err
+	}
+	res, runErr := vm.Run(ctx)
+	con.stop() // restores the terminal before anything is printed
+	if runErr != nil {
+		return runErr
+	}
+	status, msg := outcome(res, context.Cause(ctx), timeout)
+	if res.Detail != "" {
+		fmt.Fprintf(stderr, "capsule: %s\n", res.Detail)
+	}
+	if !quiet || msg != "" {
+		fmt.Fprintf(stderr, "capsule: %s\n", summary(res, status, msg))
+	}
+	if status != 0 {
+		return exitError{status}
+	}
+	return nil
+}
+
+// outcome maps how the VM ended to capsule's exit status and a note.
+func outcome(res vmm.Result, cause error, timeout time.Duration) (int, string) {
+	if res.Reason != vmm.ReasonCanceled {
+		return res.Status, ""
+	}
+	var se signalError
+	switch {
+	case errors.Is(cause, errTimeout):
+		return statusTimeout, fmt.Sprintf("--timeout %v reached, VM stopped", timeout)
+	case errors.As(cause, &se):
+		return 128 + int(se.sig), fmt.Sprintf("%v, VM stopped", se)
+	case errors.Is(cause, errConsoleStop):
+		return 0, cause.Error()
+	}
+	return statusError, fmt.Sprint(cause)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func summary(res vmm.Result, status int, msg string) string {
+	s := fmt.Sprintf("exit status %d (%s)", status, res.Reason)
+	if msg != "" {
+		s = msg + "; " + s
+	}
+	if res.Boot > 0 {
+		s += "; boot " + ms(res.Boot)
+	} else {
+		s += "; no boot marker"
+	}
+	if res.FirstRun > 0 {
+		s += ", first KVM_RUN " + ms(res.FirstRun)
+	}
+	return s + " after process start"
+}

@@ -1,0 +1,421 @@
+// Package vmm runs one virtual machine: it builds guest memory, loads the
+// kernel, creates vCPUs and devices from a [Config], runs the vCPUs on
+// their own OS threads and stops them all when the guest or the caller
+// says so.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/capsule-vm/capsule/bootloader"
+	"github.com/capsule-vm/capsule/devices"
+	"github.com/capsule-vm/capsule/internal/proc"
+	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/machine"
+)
+
+// Config describes a VM. Zero values take the defaults below.
+type Config struct {
+	Kernel    string // path of the kernel (a unikernel ELF for now)
+	Initrd    string // optional initial ramdisk
+	Cmdline   string
+	CPUs      int       // default 1
+	MemoryMiB int       // default 128
+	Console   io.Writer // serial output; default os.Stdout
+}
+
+// Defaults.
+const (
+	DefaultCPUs      = 1
+	DefaultMemoryMiB = 128
+)
+
+// Exit statuses capsule uses for stops the guest did not choose itself.
+const (
+	StatusTripleFault = 125 // KVM_EXIT_SHUTDOWN
+	StatusCrash       = 126 // entry failure, KVM internal error, unhandled exit
+)
+
+// Reason is why a VM stopped.
+type Reason int
+
+const (
+	ReasonExitPort    Reason = iota // the guest wrote its status to the exit port
+	ReasonReset                     // the guest reset the machine (reboot)
+	ReasonTripleFault               // the guest triple-faulted
+	ReasonCrash                     // the vCPU could not go on (fail entry, internal error, ...)
+	ReasonCanceled                  // the caller's context ended (signal, timeout, console key)
+)
+
+func (r Reason) String() string {
+	return [...]string{"exit port", "reset", "triple fault", "crash", "canceled"}[r]
+}
+
+// Result is how a VM's run ended.
+type Result struct {
+	Reason Reason
+	Status int    // the exit status capsule should report
+	Detail string // for a triple fault or crash: what happened, with registers
+	// Times since the capsule process started (zero when not reached).
+	FirstRun time.Duration // the first KVM_RUN
+	Boot     time.Duration // the guest's boot-time marker
+}
+
+// VM is a configured virtual machine. Create it with New, run it once with
+// Run, and Close it.
+type VM struct {
+	cfg   Config
+	mem   *machine.GuestMemory
+	entry bootloader.Entry
+	sys   *kvm.System
+	vm    *kvm.VM
+	vcpus []*kvm.VCPU
+	pio   bus
+	mmio  bus
+
+	serial *devices.Serial
+
+	mu       sync.Mutex
+	stopped  bool
+	result   Result
+	firstRun time.Duration
+	boot     time.Duration
+	started  bool
+}
+
+// New validates cfg, loads the kernel into fresh guest memory and sets up
+// the VM. Errors name the flag or file at fault. Everything a user can get
+// wrong is checked before /dev/kvm is opened.
+func New(cfg Config) (*VM, error) {
+	if cfg.CPUs == 0 {
+		cfg.CPUs = DefaultCPUs
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = DefaultMemoryMiB
+	}
+	if cfg.Console == nil {
+		cfg.Console = os.Stdout
+	}
+	if cfg.CPUs < 1 || cfg.CPUs > 255 {
+		return nil, fmt.Errorf("--cpus %d: must be between 1 and 255", cfg.CPUs)
+	}
+	if cfg.MemoryMiB < machine.MinMemory/machine.MiB {
+		return nil, fmt.Errorf("--memory %d: at least %d MiB needed", cfg.MemoryMiB, machine.MinMemory/machine.MiB)
+	}
+	if cfg.Kernel == "" {
+		return nil, errors.New("--kernel is required")
+	}
+	if cfg.Initrd != "" {
+		return nil, fmt.Errorf("--initrd %s: unikernels take no initrd (Linux kernels arrive with a later release)", cfg.Initrd)
+	}
+	mem, err := machine.NewGuestMemory(uint64(cfg.MemoryMiB) * machine.MiB)
+	if err != nil {
+		return nil, fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
+	}
+	v := &VM{cfg: cfg, mem: mem}
+	if err := v.load(); err != nil {
+		v.Close()
+		return nil, err
+	}
+	if err := v.create(); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *VM) load() error {
+	entry, err := bootloader.LoadUnikernel(v.mem, v.cfg.Kernel, v.cfg.Cmdline, v.cfg.CPUs)
+	if err != nil {
+		return err
+	}
+	if err := machine.SetupLongMode(v.mem); err != nil {
+		return err
+	}
+	v.entry = entry
+	return nil
+}
+
+// Close releases the vCPUs, the VM, /dev/kvm and guest memory.
+func (v *VM) Close() error {
+	var errs []error
+	if v.vm != nil {
+		errs = append(errs, v.vm.Close()) // closes the vCPUs too
+		v.vm = nil
+	}
+	if v.sys != nil {
+		errs = append(errs, v.sys.Close())
+		v.sys = nil
+	}
+	if v.mem != nil {
+		errs = append(errs, v.mem.Close())
+		v.mem = nil
+	}
+	return errors.Join(errs...)
+}
+
+// create opens KVM and builds the VM, its devices and vCPUs.
+func (v *VM) create() error {
+	sys, err := kvm.Open()
+	if err != nil {
+		return err
+	}
+	v.sys = sys
+	if max := sys.MaxVCPUs(); v.cfg.CPUs > max {
+		return fmt.Errorf("--cpus %d: this host's KVM allows at most %d vCPUs", v.cfg.CPUs, max)
+	}
+	if v.vm, err = sys.CreateVM(); err != nil {
+		return err
+	}
+	// Addresses just below 4 GiB, outside RAM and the devices, for the
+	// TSS and identity map VT-x needs (harmless on AMD).
+	if err := v.vm.SetTSSAddr(0xfffbd000); err != nil {
+		return err
+	}
+	if err := v.vm.SetIdentityMapAddr(0xfffbc000); err != nil {
+		return err
+	}
+	if err := v.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err := v.vm.CreatePIT2(); err != nil {
+		return err
+	}
+	if err := v.mem.MapInto(func(slot uint32, gpa uint64, host []byte) error {
+		return v.vm.SetUserMemoryRegion(slot, 0, gpa, host)
+	}); err != nil {
+		return fmt.Errorf("--memory %d: %w", v.cfg.MemoryMiB, err)
+	}
+	if err := v.addDevices(); err != nil {
+		return err
+	}
+	return v.createVCPUs()
+}
+
+// irqLine is an in-kernel irqchip input as a devices.Interrupt.
+type irqLine struct {
+	vm  *kvm.VM
+	irq uint32
+}
+
+func (l irqLine) SetLevel(high bool) error { return l.vm.SetIRQLine(l.irq, high) }
+
+func (v *VM) addDevices() error {
+	v.serial = devices.NewSerial(v.cfg.Console, irqLine{v.vm, devices.COM1IRQ})
+	for _, d := range []struct {
+		base, size uint64
+		dev        devices.Device
+	}{
+		{devices.COM1Port, 8, v.serial},
+		{devices.I8042Data, 5, &devices.I8042{OnReset: func() { v.stop(Result{Reason: ReasonReset}) }}},
+		{devices.ExitPort, 1, &devices.ExitDevice{OnExit: func(s byte) { v.stop(Result{Reason: ReasonExitPort, Status: int(s)}) }}},
+		{devices.BootMarkerPort, 1, &devices.BootMarker{OnBoot: v.markBoot}},
+	} {
+		if err := v.pio.insert(d.base, d.size, d.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *VM) createVCPUs() error {
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for id := range v.cfg.CPUs {
+		c, err := v.vm.CreateVCPU(id)
+		if err != nil {
+			return fmt.Errorf("--cpus %d: %w", v.cfg.CPUs, err)
+		}
+		v.vcpus = append(v.vcpus, c)
+		if err := c.SetCPUID(machine.CPUID(supported, id, v.cfg.CPUs)); err != nil {
+			return err
+		}
+	}
+	// The boot vCPU starts at the kernel's entry; the others wait for
+	// INIT/SIPI in the in-kernel local APIC, as on hardware.
+	boot := v.vcpus[0]
+	s, err := boot.Sregs()
+	if err != nil {
+		return err
+	}
+	machine.LongModeSregs(&s)
+	if err := boot.SetSregs(s); err != nil {
+		return err
+	}
+	return boot.SetRegs(kvm.Regs{RIP: v.entry.RIP, RSP: v.entry.RSP, RDI: v.entry.RDI, RSI: v.entry.RSI, RFLAGS: 2})
+}
+
+// Receive sends console input to the guest's serial port.
+func (v *VM) Receive(p []byte) { v.serial.Receive(p) }
+
+func (v *VM) markBoot() {
+	t := proc.Since()
+	v.mu.Lock()
+	v.boot = t
+	v.mu.Unlock()
+}
+
+// stop records why the VM stops (the first reason wins) and kicks every
+// vCPU out of the guest.
+func (v *VM) stop(r Result) {
+	v.mu.Lock()
+	if v.stopped {
+		v.mu.Unlock()
+		return
+	}
+	v.stopped = true
+	v.result = r
+	v.mu.Unlock()
+	for _, c := range v.vcpus {
+		c.Kick()
+	}
+}
+
+func (v *VM) isStopped() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.stopped
+}
+
+// Run runs the VM until the guest stops it or ctx ends, and returns how it
+// ended. Every vCPU thread has finished when Run returns. A VM runs once.
+func (v *VM) Run(ctx context.Context) (Result, error) {
+	v.mu.Lock()
+	if v.started {
+		v.mu.Unlock()
+		return Result{}, errors.New("vmm: VM already ran")
+	}
+	v.started = true
+	v.mu.Unlock()
+
+	errs := make([]error, len(v.vcpus))
+	var wg sync.WaitGroup
+	for i, c := range v.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = v.runVCPU(c)
+			if errs[i] != nil {
+				v.stop(Result{Reason: ReasonCrash, Status: StatusCrash, Detail: errs[i].Error()})
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		v.stop(Result{Reason: ReasonCanceled})
+		<-done
+	}
+	v.mu.Lock()
+	r := v.result
+	r.FirstRun, r.Boot = v.firstRun, v.boot
+	v.mu.Unlock()
+	return r, errors.Join(errs...)
+}
+
+// runVCPU is one vCPU's thread: it runs the guest and dispatches exits
+// until the VM stops.
+func (v *VM) runVCPU(c *kvm.VCPU) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if c.ID() == 0 {
+		t := proc.Since()
+		v.mu.Lock()
+		v.firstRun = t
+		v.mu.Unlock()
+	}
+	for !v.isStopped() {
+		e, err := c.Run()
+		if err != nil {
+			return err
+		}
+		switch e := e.(type) {
+		case *kvm.IOExit:
+			v.handleIO(e)
+		case *kvm.MMIOExit:
+			v.handleMMIO(e)
+		case *kvm.InterruptedExit:
+			// A kick (checked by the loop) or a stray signal.
+		case *kvm.ShutdownExit:
+			v.stop(Result{Reason: ReasonTripleFault, Status: StatusTripleFault,
+				Detail: fmt.Sprintf("guest triple-faulted on vCPU %d\n%s", c.ID(), dumpState(c))})
+		case *kvm.SystemEventExit:
+			if e.Type == kvm.SystemEventReset || e.Type == kvm.SystemEventShutdown {
+				v.stop(Result{Reason: ReasonReset})
+			} else {
+				v.stop(Result{Reason: ReasonCrash, Status: StatusCrash, Detail: fmt.Sprintf("vCPU %d: %v", c.ID(), e)})
+			}
+		case *kvm.HaltExit:
+			// Only without an in-kernel irqchip; nothing can wake it.
+			v.stop(Result{Reason: ReasonCrash, Status: StatusCrash, Detail: fmt.Sprintf("vCPU %d halted with nothing to wake it", c.ID())})
+		default: // FailEntry, InternalError, Unknown
+			v.stop(Result{Reason: ReasonCrash, Status: StatusCrash,
+				Detail: fmt.Sprintf("vCPU %d: %v\n%s", c.ID(), e, dumpState(c))})
+		}
+	}
+	return nil
+}
+
+func (v *VM) handleIO(e *kvm.IOExit) {
+	size := uint64(e.Size)
+	for i := uint64(0); i < uint64(e.Count); i++ {
+		data := e.Data[i*size : (i+1)*size]
+		dev, off, ok := v.pio.lookup(uint64(e.Port))
+		switch {
+		case !ok && e.Out:
+		case !ok:
+			for j := range data {
+				data[j] = 0xff // nothing on the bus
+			}
+		case e.Out:
+			dev.Write(off, data)
+		default:
+			dev.Read(off, data)
+		}
+	}
+}
+
+func (v *VM) handleMMIO(e *kvm.MMIOExit) {
+	dev, off, ok := v.mmio.lookup(e.Addr)
+	switch {
+	case !ok && e.Write:
+	case !ok:
+		clear(e.Data)
+	case e.Write:
+		dev.Write(off, e.Data)
+	default:
+		dev.Read(off, e.Data)
+	}
+}
+
+// dumpState formats a vCPU's registers for a crash report.
+func dumpState(c *kvm.VCPU) string {
+	r, err := c.Regs()
+	if err != nil {
+		return "registers unavailable: " + err.Error()
+	}
+	s, err := c.Sregs()
+	if err != nil {
+		return "special registers unavailable: " + err.Error()
+	}
+	return fmt.Sprintf("RIP=%016x RSP=%016x RFLAGS=%08x\n"+
+		"RAX=%016x RBX=%016x RCX=%016x RDX=%016x\n"+
+		"RSI=%016x RDI=%016x RBP=%016x R8 =%016x\n"+
+		"R9 =%016x R10=%016x R11=%016x R12=%016x\n"+
+		"R13=%016x R14=%016x R15=%016x\n"+
+		"CS=%04x(base %x l=%d) SS=%04x CR0=%08x CR2=%016x CR3=%016x CR4=%08x EFER=%x",
+		r.RIP, r.RSP, r.RFLAGS, r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP, r.R8,
+		r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15,
+		s.CS.Selector, s.CS.Base, s.CS.L, s.SS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
+}

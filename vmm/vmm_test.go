@@ -1,0 +1,156 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/capsule-vm/capsule/bootloader"
+	"github.com/capsule-vm/capsule/internal/kvmtest"
+)
+
+// guest returns the path of a test guest built by make, skipping (or, in
+// the rig, failing) when it has not been built.
+func guest(t *testing.T, name string) string {
+	t.Helper()
+	p := "../testdata/guests/" + name + ".elf"
+	if _, err := os.Stat(p); err != nil {
+		if kvmtest.Required() {
+			t.Fatalf("%s missing: %v", p, err)
+		}
+		t.Skipf("%s not built: run make", p)
+	}
+	return p
+}
+
+// syncBuffer is a console that tests can read while the VM writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runGuest(t *testing.T, ctx context.Context, cfg Config) (Result, string) {
+	t.Helper()
+	kvmtest.Open(t)
+	var out syncBuffer
+	cfg.Console = &out
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	res, err := vm.Run(ctx)
+	if err != nil {
+		t.Fatalf("Run: %v (console: %q)", err, out.String())
+	}
+	t.Logf("on %s: %s, status %d, first KVM_RUN %v, boot %v", kvmtest.Where(), res.Reason, res.Status, res.FirstRun, res.Boot)
+	return res, out.String()
+}
+
+func TestHelloUnikernel(t *testing.T) {
+	hello := guest(t, "hello")
+	for _, tc := range []struct {
+		name    string
+		cpus    int
+		cmdline string
+		status  int
+	}{
+		{"exits 0 by default", 1, "greeting=yes", 0},
+		{"exit status comes from the cmdline", 1, "a=b exit=3 c", 3},
+		{"two vCPUs", 2, "exit=7", 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, out := runGuest(t, context.Background(), Config{Kernel: hello, Cmdline: tc.cmdline, CPUs: tc.cpus})
+			if res.Reason != ReasonExitPort || res.Status != tc.status {
+				t.Fatalf("result %+v, want exit port status %d", res, tc.status)
+			}
+			if !strings.Contains(out, "Hello from a capsule unikernel\n") {
+				t.Fatalf("console %q lacks the hello line", out)
+			}
+			if !strings.Contains(out, "cmdline: "+tc.cmdline+"\n") {
+				t.Fatalf("console %q lacks the command line %q", out, tc.cmdline)
+			}
+			if res.Boot <= 0 || res.FirstRun <= 0 || res.Boot < res.FirstRun {
+				t.Fatalf("boot marker %v, first run %v: want both set, marker after first run", res.Boot, res.FirstRun)
+			}
+		})
+	}
+}
+
+func TestTripleFaultIsReported(t *testing.T) {
+	res, _ := runGuest(t, context.Background(), Config{Kernel: guest(t, "fault")})
+	if res.Reason != ReasonTripleFault || res.Status != StatusTripleFault {
+		t.Fatalf("result %+v, want a triple fault", res)
+	}
+	if !strings.Contains(res.Detail, "triple-faulted") || !strings.Contains(res.Detail, "RIP=") {
+		t.Fatalf("detail %q should name the triple fault and dump registers", res.Detail)
+	}
+}
+
+func TestI8042ResetStopsWithStatusZero(t *testing.T) {
+	res, _ := runGuest(t, context.Background(), Config{Kernel: guest(t, "reboot")})
+	if res.Reason != ReasonReset || res.Status != 0 {
+		t.Fatalf("result %+v, want reset with status 0", res)
+	}
+}
+
+func TestCancelStopsASpinningGuest(t *testing.T) {
+	spin := guest(t, "spin")
+	for _, cpus := range []int{1, 2} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		res, out := runGuest(t, ctx, Config{Kernel: spin, CPUs: cpus})
+		cancel()
+		if res.Reason != ReasonCanceled {
+			t.Fatalf("%d vCPUs: result %+v, want canceled", cpus, res)
+		}
+		if !strings.Contains(out, "spinning") {
+			t.Fatalf("%d vCPUs: guest never ran: %q", cpus, out)
+		}
+	}
+}
+
+func TestNewRejectsBadInputBeforeKVM(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+		is   error
+	}{
+		{"missing kernel flag", Config{}, "--kernel is required", nil},
+		{"missing kernel file", Config{Kernel: "/nonexistent/kernel"}, "/nonexistent/kernel", bootloader.ErrNotFound},
+		{"not an ELF", Config{Kernel: "vmm.go"}, "vmm.go", bootloader.ErrNotELF},
+		{"zero vCPUs", Config{Kernel: "x", CPUs: -1}, "--cpus", nil},
+		{"too little memory", Config{Kernel: "x", MemoryMiB: 1}, "--memory", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm, err := New(tc.cfg)
+			if err == nil {
+				vm.Close()
+				t.Fatal("New succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q should be one line naming %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("error %v is not %v", err, tc.is)
+			}
+		})
+	}
+}
