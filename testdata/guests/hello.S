@@ -1,0 +1,171 @@
+/*
+ * hello: the smallest capsule unikernel.
+ *
+ * Entered in 64-bit long mode, identity-mapped, interrupts off, with
+ * RDI = boot-info block (see package bootloader), RSI = command line,
+ * RSP = a small stack. It
+ *   1. writes 123 to port 0xf5 (capsule's boot-time marker),
+ *   2. prints "Hello from a capsule unikernel\n" and "cmdline: <cmdline>\n"
+ *      on COM1 (port 0x3f8), or "bad boot info\n" and exits with status 2
+ *      if the boot-info magic is wrong,
+ *   3. writes N to port 0xf4 (capsule's exit port) for the last
+ *      whitespace-separated token "exit=N" on the command line with N a
+ *      decimal number 0-255 (malformed tokens are ignored; default 0),
+ *   4. halts with interrupts off, forever.
+ *
+ * Build (the linker script puts everything in one PT_LOAD at 1 MiB):
+ *   gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld \
+ *       -Wl,--build-id=none -o testdata/guests/hello.elf testdata/guests/hello.S
+ *
+ * Only block comments here: the file goes through cpp when built by gcc
+ * and straight to as otherwise.
+ */
+	.intel_syntax noprefix
+	.code64
+
+/* Strings first, so that their lengths are known constants where used. */
+	.section .rodata, "a"
+msg_hello:
+	.ascii	"Hello from a capsule unikernel\n"
+	.set	msg_hello_len, . - msg_hello
+msg_cmdline:
+	.ascii	"cmdline: "
+	.set	msg_cmdline_len, . - msg_cmdline
+msg_newline:
+	.ascii	"\n"
+msg_bad:
+	.ascii	"bad boot info\n"
+	.set	msg_bad_len, . - msg_bad
+
+	.section .text.start, "ax", @progbits
+	.globl	_start
+	.type	_start, @function
+_start:
+	mov	al, 123
+	out	0xf5, al		/* boot-time marker */
+	cld				/* lodsb counts up (RFLAGS is 0x2 anyway) */
+	mov	rbx, rdi		/* rbx: boot-info block, kept throughout */
+
+	movabs	rax, 0x31454c5553504143	/* "CAPSULE1" */
+	cmp	qword ptr [rbx], rax
+	jne	.Lbad_boot_info
+
+	lea	rsi, [rip + msg_hello]
+	mov	ecx, msg_hello_len
+	call	puts
+	lea	rsi, [rip + msg_cmdline]
+	mov	ecx, msg_cmdline_len
+	call	puts
+
+	mov	r12, qword ptr [rbx + 0x08]	/* r12: command-line address */
+	mov	r13, qword ptr [rbx + 0x10]	/* r13: command-line length */
+	mov	eax, 0xffff		/* never trust a length past CmdlineMax-1 */
+	cmp	r13, rax
+	cmova	r13, rax
+	mov	rsi, r12
+	mov	rcx, r13
+	call	puts
+	lea	rsi, [rip + msg_newline]
+	mov	ecx, 1
+	call	puts
+
+	mov	rsi, r12
+	mov	rcx, r13
+	call	parse_exit		/* al: exit status */
+	out	0xf4, al		/* capsule stops the VM here */
+
+.Lhalt:
+	cli
+	hlt
+	jmp	.Lhalt
+
+.Lbad_boot_info:
+	lea	rsi, [rip + msg_bad]
+	mov	ecx, msg_bad_len
+	call	puts
+	mov	al, 2
+	out	0xf4, al
+	jmp	.Lhalt
+	.size	_start, . - _start
+
+/*
+ * puts writes rcx bytes from [rsi] to COM1, one OUT per byte.
+ * Clobbers rax, rcx, rdx, rsi.
+ */
+	.text
+	.type	puts, @function
+puts:
+	mov	edx, 0x3f8
+	jrcxz	.Lputs_done
+.Lputs_loop:
+	lodsb
+	out	dx, al
+	loop	.Lputs_loop
+.Lputs_done:
+	ret
+	.size	puts, . - puts
+
+/*
+ * parse_exit scans the rcx-byte command line at [rsi] for tokens
+ * (separated by bytes <= 0x20) of the form "exit=N", N decimal, 0 to 255,
+ * and returns in eax the N of the last valid one, or 0.
+ * Clobbers rax, rcx, rdx, rsi, r8, r9.
+ */
+	.type	parse_exit, @function
+parse_exit:
+	xor	r8d, r8d		/* r8: result so far */
+.Lskip_space:				/* move to the start of the next token */
+	test	rcx, rcx
+	jz	.Lparse_done
+	cmp	byte ptr [rsi], 0x20
+	ja	.Ltoken
+	inc	rsi
+	dec	rcx
+	jmp	.Lskip_space
+.Ltoken:
+	cmp	rcx, 5
+	jb	.Lskip_token
+	cmp	dword ptr [rsi], 0x74697865	/* "exit" */
+	jne	.Lskip_token
+	cmp	byte ptr [rsi + 4], 0x3d	/* '=' */
+	jne	.Lskip_token
+	add	rsi, 5
+	sub	rcx, 5
+	xor	edx, edx		/* edx: value */
+	xor	r9d, r9d		/* r9: number of digits */
+.Ldigit:
+	test	rcx, rcx
+	jz	.Lnumber_end
+	movzx	eax, byte ptr [rsi]
+	cmp	al, 0x20
+	jbe	.Lnumber_end
+	sub	al, 0x30		/* '0' */
+	cmp	al, 9
+	ja	.Lskip_token		/* not a digit: ignore the token */
+	imul	edx, edx, 10
+	add	edx, eax
+	cmp	edx, 255
+	ja	.Lskip_token		/* too large: ignore the token */
+	inc	r9d
+	inc	rsi
+	dec	rcx
+	jmp	.Ldigit
+.Lnumber_end:
+	test	r9d, r9d
+	jz	.Lskip_space		/* "exit=" alone: ignore */
+	mov	r8d, edx
+	jmp	.Lskip_space
+.Lskip_token:				/* move past the rest of the token */
+	test	rcx, rcx
+	jz	.Lparse_done
+	cmp	byte ptr [rsi], 0x20
+	jbe	.Lskip_space
+	inc	rsi
+	dec	rcx
+	jmp	.Lskip_token
+.Lparse_done:
+	mov	eax, r8d
+	ret
+	.size	parse_exit, . - parse_exit
+
+	.section .note.GNU-stack, "", @progbits
