@@ -1,6 +1,7 @@
 package kvm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -222,15 +223,27 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 }
 
 // getCPUID runs a KVM_GET_*CPUID* ioctl with room for n entries.
+// KVM_GET_CPUID2 does not write the entry count back on success, so the
+// buffer is pre-filled with 0xff bytes and the entries KVM wrote are those
+// before the first untouched one (KVM zeroes an entry's padding, so no
+// real entry is all ones).
 func getCPUID(fd int, req uintptr, n int) ([]CPUIDEntry, error) {
 	buf := make([]byte, 8+n*sizeofCPUIDEntry2)
+	for i := range buf {
+		buf[i] = 0xff
+	}
 	binary.LittleEndian.PutUint32(buf, uint32(n))
+	binary.LittleEndian.PutUint32(buf[4:], 0)
 	if _, err := ioctlBuf(fd, req, buf); err != nil {
 		return nil, err
 	}
-	got := int(binary.LittleEndian.Uint32(buf))
-	if got > n {
-		return nil, unix.E2BIG
+	got := min(int(binary.LittleEndian.Uint32(buf)), n)
+	untouched := bytes.Repeat([]byte{0xff}, sizeofCPUIDEntry2)
+	for i := range got {
+		if bytes.Equal(buf[8+i*sizeofCPUIDEntry2:8+(i+1)*sizeofCPUIDEntry2], untouched) {
+			got = i
+			break
+		}
 	}
 	e := make([]CPUIDEntry, got)
 	copy(entriesBytes(e), buf[8:])

@@ -1,0 +1,69 @@
+// Package rig runs a Go test binary inside a nested guest that has a real
+// /dev/kvm, for hosts whose own /dev/kvm is missing or unusable.
+//
+// The rig boots Debian's linux-image-cloud-amd64 kernel in
+// qemu-system-x86_64 with TCG, emulating an AMD EPYC CPU (which has SVM and
+// NPT), and loads the kernel's own irqbypass, kvm and kvm-amd modules from an
+// initramfs. The guest's /dev/kvm is then a hardware-style kvm_amd, and the
+// test binary runs there with its working directory, arguments and CAPSULE_*
+// environment variables taken from the host. Its output is streamed to
+// stdout as it arrives and its exit status is returned.
+//
+// It is meant to be used through cmd/kvmrig as a go test -exec program:
+//
+//	go build -o bin/kvmrig ./cmd/kvmrig
+//	go test -exec "$PWD/bin/kvmrig" ./kvm
+//
+// # What the guest sees
+//
+// The initrd is two concatenated cpio archives. The first, cached, gzip
+// archive holds a static busybox, /dev/console, the three kernel modules and
+// /init. The second, built for each run, holds the test binary and some files
+// of the Go module at the same absolute paths as on the host, so that
+// relative paths in tests keep working: the regular files under
+// <module root>/testdata, <module root>/bin and <package dir>/testdata (files
+// over 64 MiB are skipped) and the package directory itself. Nothing is
+// copied back: files a test writes (profiles, coverage data) stay in the
+// guest.
+//
+// The test runs as root with stdin from /dev/null and an environment made of
+// PATH, HOME=/root, TMPDIR=/tmp, the host's CAPSULE_* and Go runtime
+// (GODEBUG, GOTRACEBACK, GOGC, GOMEMLIMIT, GOMAXPROCS) variables, and
+// CAPSULE_RIG=1, which tests use to know that they run in the rig and must
+// not skip for lack of KVM. The rig requires static test binaries (no ELF
+// PT_INTERP): the guest has no C library. Go test binaries of packages that
+// do not use cgo are static; build with CGO_ENABLED=0 when a package imports
+// net or os/user.
+//
+// # Environment
+//
+// Run options come from the environment, because go test passes the test
+// binary and its -test.* flags as the only arguments:
+//
+//	CAPSULE_RIG_CACHE    cache directory (default $XDG_CACHE_HOME/capsule/rig,
+//	                     or ~/.cache/capsule/rig)
+//	CAPSULE_RIG_TIMEOUT  limit for one run, as a Go duration (default 15m)
+//	CAPSULE_RIG_MEM      guest memory, as for qemu -m (default 2G)
+//	CAPSULE_RIG_CPUS     guest vCPUs (default 2)
+//	CAPSULE_RIG_VERBOSE  1 shows the kernel log, QEMU warnings and timings
+//	CAPSULE_RIG_KERNEL   kernel package to use, e.g.
+//	                     linux-image-6.1.0-57-cloud-amd64 (default: resolved
+//	                     from linux-image-cloud-amd64 with apt-cache, and
+//	                     re-resolved once a day)
+//
+// # Cache
+//
+// The kernel package is fetched with apt-get download and unpacked with
+// dpkg-deb -x, without installing it; only vmlinuz and the three modules are
+// kept, in <cache>/kernel/<package>_<version>. The base archive is kept as
+// <cache>/base-<hash>.cpio.gz, keyed by a hash of its inputs. Both are built
+// under an flock on <cache>/lock and published by an atomic rename, so
+// several rigs (go test -p) can run at once. Per-run files live in a private
+// temporary directory that is removed when the run ends.
+//
+// # Host requirements
+//
+// qemu-system-x86_64 (qemu-system-x86), a static busybox (busybox-static),
+// apt-get, apt-cache and dpkg-deb. The guest's modules are kvm-amd; TCG
+// emulates the AMD CPU whatever the host CPU is.
+package rig

@@ -1,0 +1,76 @@
+package rig
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestParseKernelDepends(t *testing.T) {
+	out := `linux-image-cloud-amd64
+  Depends: linux-image-6.1.0-57-cloud-amd64
+  Depends: linux-image-6.1.0-56-cloud-amd64
+`
+	if got := parseKernelDepends([]byte(out)); got != "linux-image-6.1.0-57-cloud-amd64" {
+		t.Errorf("got %q", got)
+	}
+	if got := parseKernelDepends([]byte("linux-image-cloud-amd64\n  Recommends: x\n")); got != "" {
+		t.Errorf("got %q, want none", got)
+	}
+	if got := parseKernelDepends([]byte(" |Depends: linux-image-6.12.1-cloud-amd64\n")); got != "linux-image-6.12.1-cloud-amd64" {
+		t.Errorf("alternative: got %q", got)
+	}
+}
+
+func TestDebID(t *testing.T) {
+	pkg := "linux-image-6.1.0-57-cloud-amd64"
+	cases := map[string]string{
+		pkg + "_6.1.192-3_amd64.deb":     pkg + "_6.1.192-3",
+		pkg + "_1%3a6.1.192-3_amd64.deb": pkg + "_1_6.1.192-3",
+	}
+	for in, want := range cases {
+		if got := debID(in, pkg); got != want {
+			t.Errorf("debID(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestCachedKernel(t *testing.T) {
+	kdir := t.TempDir()
+	old := time.Now().Add(-time.Hour)
+	for _, name := range []string{"linux-image-a_1", "linux-image-a_2", "linux-image-b_1", ".fetch-123"} {
+		if err := os.Mkdir(filepath.Join(kdir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if name != "linux-image-a_2" {
+			os.Chtimes(filepath.Join(kdir, name), old, old)
+		}
+	}
+	if k, ok := cachedKernel(kdir, "linux-image-a"); !ok || k.id != "linux-image-a_2" {
+		t.Errorf("cachedKernel(a) = %+v, %v", k, ok)
+	}
+	if k, ok := cachedKernel(kdir, "linux-image-b"); !ok || k.id != "linux-image-b_1" {
+		t.Errorf("cachedKernel(b) = %+v, %v", k, ok)
+	}
+	if k, ok := cachedKernel(kdir, "linux-image-c"); ok {
+		t.Errorf("cachedKernel(c) = %+v", k)
+	}
+	if k, ok := cachedKernel(kdir, ""); !ok || k.id != "linux-image-a_2" {
+		t.Errorf("cachedKernel(any) = %+v, %v", k, ok)
+	}
+}
+
+func TestResolveKernelPinnedAndMemo(t *testing.T) {
+	kdir := t.TempDir()
+	log := &logger{w: os.Stderr}
+	if pkg, err := resolveKernel(t.Context(), Config{Kernel: "linux-image-x"}, kdir, log); err != nil || pkg != "linux-image-x" {
+		t.Errorf("pinned: %q, %v", pkg, err)
+	}
+	if err := os.WriteFile(filepath.Join(kdir, "resolved"), []byte("linux-image-memo\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pkg, err := resolveKernel(t.Context(), Config{}, kdir, log); err != nil || pkg != "linux-image-memo" {
+		t.Errorf("memo: %q, %v", pkg, err)
+	}
+}

@@ -1,0 +1,153 @@
+package rig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Run runs cfg.Binary in the nested guest, streaming its output to
+// cfg.Stdout, and returns its exit status. An error means that the test did
+// not run to completion in the guest (missing tools, kernel panic, timeout,
+// interruption); the exit code is then 1. Ending ctx kills the guest.
+func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
+	start := time.Now()
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return 1, err
+	}
+	if err := checkBinary(cfg.Binary); err != nil {
+		return 1, err
+	}
+	qemu, err := lookTool("qemu-system-x86_64", qemuHint)
+	if err != nil {
+		return 1, err
+	}
+	log := &logger{w: cfg.Stderr, verbose: cfg.Verbose}
+	runCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+
+	img, err := prepare(runCtx, cfg, log)
+	if err != nil {
+		return 1, runError(ctx, runCtx, cfg, err)
+	}
+	tmp, err := os.MkdirTemp("", "kvmrig-")
+	if err != nil {
+		return 1, fmt.Errorf("create run directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	tag, err := newTag()
+	if err != nil {
+		return 1, err
+	}
+	initrd := filepath.Join(tmp, "initrd")
+	if err := buildInitrd(initrd, img, cfg, tag); err != nil {
+		return 1, err
+	}
+	t := timings{start: start, qemu: time.Now()}
+	con := newConsole(tag, cfg.Stdout, cfg.Verbose)
+	qerr := runQEMU(runCtx, qemu, qemuArgs(cfg, img.Kernel, initrd), con, cfg.Stderr, cfg.Verbose)
+	t.end = time.Now()
+	if !con.exited() {
+		return 1, failure(ctx, runCtx, cfg, con, qerr)
+	}
+	t.report(log, cfg, con, img)
+	return con.exitCode, nil
+}
+
+// checkBinary checks that the test binary can run in the guest.
+func checkBinary(binary string) error {
+	if binary == "" {
+		return errors.New("no test binary given")
+	}
+	if strings.Contains(binary, "=") {
+		return fmt.Errorf("test binary path %s contains '='", binary)
+	}
+	err := checkStatic(binary, "test binary")
+	if errors.Is(err, errDynamic) {
+		return fmt.Errorf("%w: build the test with CGO_ENABLED=0", err)
+	}
+	return err
+}
+
+// buildInitrd writes the initrd of this run.
+func buildInitrd(name string, img Image, cfg Config, tag string) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create initrd: %w", err)
+	}
+	script := runScript(tag, cfg.Dir, cfg.Binary, cfg.Args, cfg.Env)
+	if err := writeInitrd(f, img.Base, cfg, script); err != nil {
+		f.Close()
+		return fmt.Errorf("build initrd: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("build initrd: %w", err)
+	}
+	return nil
+}
+
+// runError explains why a run ended early: interruption, timeout or err.
+func runError(parent, runCtx context.Context, cfg Config, err error) error {
+	switch {
+	case parent.Err() != nil:
+		return fmt.Errorf("interrupted: %w", parent.Err())
+	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("timed out after %v (%s): %w", cfg.Timeout, EnvTimeout, err)
+	}
+	return err
+}
+
+// failure reports a run whose exit status never arrived, with the last
+// console lines unless they were shown already.
+func failure(parent, runCtx context.Context, cfg Config, con *console, qerr error) error {
+	var err error
+	switch {
+	case parent.Err() != nil:
+		return fmt.Errorf("interrupted: %w", parent.Err())
+	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+		err = fmt.Errorf("timed out after %v (%s); the guest was killed", cfg.Timeout, EnvTimeout)
+	case con.setupErr != "":
+		err = fmt.Errorf("guest setup failed: %s", con.setupErr)
+	case qerr != nil:
+		err = qerr
+	case len(con.tail) == 0:
+		err = fmt.Errorf("the guest stopped before its /init ran, printing nothing (rerun with %s=1)", EnvVerbose)
+	default:
+		err = errors.New("the guest stopped without reporting the test's exit status (kernel panic?)")
+	}
+	if !cfg.Verbose && len(con.tail) > 0 {
+		fmt.Fprintf(cfg.Stderr, "kvmrig: last %d console lines:\n", len(con.tail))
+		for _, l := range con.tail {
+			fmt.Fprintf(cfg.Stderr, "  | %s\n", l)
+		}
+	}
+	return err
+}
+
+// timings are the moments of a run.
+type timings struct {
+	start, qemu, end time.Time
+}
+
+// report prints the closing summary line, and the details when verbose.
+func (t timings) report(log *logger, cfg Config, con *console, img Image) {
+	boot := "?"
+	if !con.upAt.IsZero() {
+		boot = secs(con.upAt.Sub(t.qemu))
+	}
+	log.always("%s: ran in nested kvm_amd guest, exit %d, boot %s, total %s",
+		filepath.Base(cfg.Binary), con.exitCode, boot, secs(t.end.Sub(t.start)))
+	if !cfg.Verbose || con.upAt.IsZero() || con.runAt.IsZero() {
+		return
+	}
+	log.verbosef("kernel %s; prepare %s, L1 boot %s, modules %s, test %s, power off %s",
+		img.KernelID, secs(t.qemu.Sub(t.start)), secs(con.upAt.Sub(t.qemu)),
+		secs(con.runAt.Sub(con.upAt)), secs(con.doneAt.Sub(con.runAt)), secs(t.end.Sub(con.doneAt)))
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.1fs", d.Seconds()) }

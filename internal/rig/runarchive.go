@@ -1,0 +1,128 @@
+package rig
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// writeInitrd writes the initrd of one run to w: the cached base archive,
+// zero padding to a multiple of 4 bytes (the kernel looks for an
+// uncompressed archive only there, and skips zeros between archives), and
+// the uncompressed per-run archive.
+func writeInitrd(w io.Writer, base string, cfg Config, script string) error {
+	f, err := os.Open(base)
+	if err != nil {
+		return fmt.Errorf("open base image: %w", err)
+	}
+	defer f.Close()
+	n, err := io.Copy(w, f)
+	if err != nil {
+		return fmt.Errorf("copy base image: %w", err)
+	}
+	if pad := n % 4; pad != 0 {
+		if _, err := w.Write(make([]byte, 4-pad)); err != nil {
+			return fmt.Errorf("write initrd: %w", err)
+		}
+	}
+	return writeRunArchive(w, cfg, script)
+}
+
+// writeRunArchive writes the per-run archive: the test binary, the run
+// script, the working directory and the module files the test may need,
+// all at their host paths.
+func writeRunArchive(w io.Writer, cfg Config, script string) error {
+	a := &runArchive{cw: newCPIOWriter(w), seen: map[string]bool{}}
+	if err := a.file(cfg.Binary, true); err != nil {
+		return fmt.Errorf("add test binary: %w", err)
+	}
+	if err := a.dirs(cfg.Dir); err != nil {
+		return err
+	}
+	for _, tree := range guestTrees(cfg.Dir) {
+		if err := a.tree(tree); err != nil {
+			return err
+		}
+	}
+	if err := a.dirs(filepath.Dir(runScriptPath)); err != nil {
+		return err
+	}
+	if err := a.cw.Bytes(runScriptPath, 0o644, []byte(script)); err != nil {
+		return err
+	}
+	return a.cw.Close()
+}
+
+// runArchive writes host paths into a cpio archive once each, parents
+// first.
+type runArchive struct {
+	cw   *cpioWriter
+	seen map[string]bool
+}
+
+// dirs writes dir and its missing ancestors, with their host permissions.
+func (a *runArchive) dirs(dir string) error {
+	dir = filepath.Clean(dir)
+	if dir == "/" || a.seen[dir] {
+		return nil
+	}
+	if err := a.dirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	perm := os.FileMode(0o755)
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		perm = fi.Mode() & (fs.ModePerm | fs.ModeSticky | fs.ModeSetgid | fs.ModeSetuid)
+	}
+	a.seen[dir] = true
+	return a.cw.Dir(dir, perm)
+}
+
+// file writes a regular host file, read whole so that a file changing
+// meanwhile cannot corrupt the archive. Unless required, a file that cannot
+// be read is left out.
+func (a *runArchive) file(name string, required bool) error {
+	if a.seen[name] {
+		return nil
+	}
+	fi, err := os.Stat(name)
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", name)
+	}
+	var data []byte
+	if err == nil {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		if required {
+			return err
+		}
+		return nil
+	}
+	if err := a.dirs(filepath.Dir(name)); err != nil {
+		return err
+	}
+	a.seen[name] = true
+	return a.cw.File(name, fi.Mode(), int64(len(data)), fi.ModTime(), bytes.NewReader(data))
+}
+
+// tree writes the directories and small regular files under root.
+func (a *runArchive) tree(root string) error {
+	entries, err := walkTree(root)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.info.IsDir() {
+			err = a.dirs(e.path)
+		} else {
+			err = a.file(e.path, false)
+		}
+		if err != nil {
+			return fmt.Errorf("add %s: %w", e.path, err)
+		}
+	}
+	return nil
+}
