@@ -27,6 +27,9 @@ func TestRigBootsGuest(t *testing.T) {
 	if _, err := staticBusybox(); err != nil {
 		t.Skip(err)
 	}
+	if err := checkStatic(os.Args[0], "this test binary"); err != nil {
+		t.Skipf("%v (built with -race?)", err)
+	}
 	var stdout, stderr strings.Builder
 	cfg := Config{
 		Binary: os.Args[0],
