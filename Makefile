@@ -16,7 +16,7 @@ DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-ce
 # Packages of the rig/e2e tests run inside the nested guest.
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule
 
-GUESTS = testdata/guests/hello.elf
+GUESTS = $(patsubst %.S,%.elf,$(wildcard testdata/guests/*.S))
 
 .PHONY: all deps demo test test-host test-rig fuzz vet clean
 
@@ -44,11 +44,11 @@ deps:
 # through the nested rig (a TCG guest with real kvm_amd).
 demo: deps all
 	@if bin/capsule probe | grep -q '^kvm: hardware'; then \
-		bin/capsule run --kernel $(GUESTS) --cmdline 'demo exit=0'; \
+		bin/capsule run --kernel testdata/guests/hello.elf --cmdline 'demo exit=0'; \
 	else \
 		bin/capsule probe | head -1; \
 		echo "demo: no hardware KVM here; booting through the nested rig (first run fetches its kernel)"; \
-		bin/kvmrig $(CURDIR)/bin/capsule run --kernel $(CURDIR)/$(GUESTS) --cmdline 'demo exit=0'; \
+		bin/kvmrig $(CURDIR)/bin/capsule run --kernel $(CURDIR)/testdata/guests/hello.elf --cmdline 'demo exit=0'; \
 	fi
 
 test: deps all vet test-host test-rig fuzz
