@@ -58,3 +58,28 @@ func (d *I8042) Write(offset uint64, data []byte) {
 		d.OnReset()
 	}
 }
+
+// PM1aControlPort is the ACPI PM1a control register QEMU's machines put at
+// 0x604; guests without ACPI tables (many Multiboot unikernels) write
+// SLP_EN there to power off.
+const (
+	PM1aControlPort = 0x604
+	pm1SleepEnable  = 1 << 13
+)
+
+// PowerControl calls OnPowerOff when the guest sets SLP_EN in PM1a
+// control (a 16-bit write of 0x2000 is the usual S5 request).
+type PowerControl struct {
+	OnPowerOff func()
+}
+
+func (d *PowerControl) Read(_ uint64, data []byte) { clear(data) }
+
+func (d *PowerControl) Write(offset uint64, data []byte) {
+	if offset != 0 || len(data) < 2 || d.OnPowerOff == nil {
+		return
+	}
+	if (uint16(data[0])|uint16(data[1])<<8)&pm1SleepEnable != 0 {
+		d.OnPowerOff()
+	}
+}

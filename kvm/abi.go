@@ -36,6 +36,7 @@ const (
 	ioctlGetCPUID2           = 0xC008AE91
 	ioctlGetMPState          = 0x8004AE98
 	ioctlSetMPState          = 0x4004AE99
+	ioctlGetTSCKHz           = 0xAEA3
 )
 
 // APIVersion is the only stable KVM API version; KVM_GET_API_VERSION must

@@ -49,6 +49,7 @@ func TestIoctlNumbersMatchKernelEncoding(t *testing.T) {
 		{"KVM_GET_CPUID2", ioctlGetCPUID2, ioc(iocRead|iocWrite, 0x91, 8)},
 		{"KVM_GET_MP_STATE", ioctlGetMPState, ioc(iocRead, 0x98, 4)},
 		{"KVM_SET_MP_STATE", ioctlSetMPState, ioc(iocWrite, 0x99, 4)},
+		{"KVM_GET_TSC_KHZ", ioctlGetTSCKHz, ioc(iocNone, 0xa3, 0)},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %#x, want %#x", tc.name, tc.got, tc.want)

@@ -283,3 +283,12 @@ func (c *VCPU) SetMPState(s uint32) error {
 	}
 	return nil
 }
+
+// TSCKHz returns the vCPU's TSC frequency in kHz (KVM_GET_TSC_KHZ).
+func (c *VCPU) TSCKHz() (uint32, error) {
+	r, err := ioctl(c.fd, ioctlGetTSCKHz, 0)
+	if err != nil {
+		return 0, fmt.Errorf("KVM_GET_TSC_KHZ vcpu %d: %w", c.id, err)
+	}
+	return uint32(r), nil
+}

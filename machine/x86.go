@@ -10,7 +10,7 @@ import (
 // Fixed guest-physical addresses capsule uses below 1 MiB. Loaded images
 // must start at or above KernelMin.
 const (
-	GDTAddr      = 0x0500 // GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18)
+	GDTAddr      = 0x0500 // GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18), 32-bit code (0x28)
 	BootInfoAddr = 0x1000 // boot-protocol block (zero page or unikernel boot info)
 	MemMapAddr   = 0x3000 // memory map handed to a unikernel
 	PML4Addr     = 0x9000 // page tables: PML4, PDPT, then 4 page directories
@@ -25,9 +25,10 @@ const (
 	// tables identity-map (with 2 MiB pages), MMIO gap included.
 	IdentityMapped = 4 * GiB
 
-	CodeSelector = 0x08
-	DataSelector = 0x10
-	TSSSelector  = 0x18
+	CodeSelector   = 0x08
+	DataSelector   = 0x10
+	TSSSelector    = 0x18
+	Code32Selector = 0x28
 )
 
 // E820 memory types.
@@ -73,6 +74,19 @@ var gdt = []uint64{
 	0x00cf93000000ffff, // 0x10: data, 4 GiB, present, writable, accessed
 	0x00808b0000000067, // 0x18: 64-bit TSS (busy), base 0, limit 0x67
 	0,                  //       TSS descriptor, upper half
+	0x00cf9b000000ffff, // 0x28: code, 32-bit, 4 GiB, present, accessed
+}
+
+// SetupGDT writes the boot GDT at GDTAddr.
+func SetupGDT(mem *GuestMemory) error {
+	b := make([]byte, 0, 8*len(gdt))
+	for _, d := range gdt {
+		b = binary.LittleEndian.AppendUint64(b, d)
+	}
+	if err := mem.WriteAt(b, GDTAddr); err != nil {
+		return fmt.Errorf("write GDT: %w", err)
+	}
+	return nil
 }
 
 // SetupLongMode writes the GDT and page tables that identity-map the first
@@ -81,12 +95,8 @@ func SetupLongMode(mem *GuestMemory) error {
 	if mem.Size() < MinMemory {
 		return fmt.Errorf("guest memory %d KiB is below the %d MiB minimum", mem.Size()>>10, MinMemory/MiB)
 	}
-	b := make([]byte, 0, 8*len(gdt))
-	for _, d := range gdt {
-		b = binary.LittleEndian.AppendUint64(b, d)
-	}
-	if err := mem.WriteAt(b, GDTAddr); err != nil {
-		return fmt.Errorf("write GDT: %w", err)
+	if err := SetupGDT(mem); err != nil {
+		return err
 	}
 	const present, writable, huge = 1, 2, 0x80
 	tables := make([]byte, 6*4096)
@@ -132,4 +142,66 @@ func LongModeSregs(s *kvm.Sregs) {
 	s.CR3 = PML4Addr
 	s.CR4 = CR4PAE
 	s.EFER = EFERLME | EFERLMA
+}
+
+// ProtectedModeSregs puts s in 32-bit protected mode with paging off and
+// flat 4 GiB segments from the GDT of SetupGDT: the state PVH and Multiboot
+// kernels are entered in.
+func ProtectedModeSregs(s *kvm.Sregs) {
+	code := kvm.Segment{Limit: 0xffffffff, Selector: Code32Selector, Type: 11, Present: 1, S: 1, DB: 1, G: 1}
+	data := kvm.Segment{Limit: 0xffffffff, Selector: DataSelector, Type: 3, Present: 1, S: 1, DB: 1, G: 1}
+	s.CS = code
+	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
+	s.TR = kvm.Segment{Limit: 0x67, Selector: TSSSelector, Type: 11, Present: 1}
+	s.GDT = kvm.DTable{Base: GDTAddr, Limit: uint16(8*len(gdt) - 1)}
+	s.IDT = kvm.DTable{}
+	s.CR0 = CR0PE | CR0ET
+	s.CR3, s.CR4, s.EFER = 0, 0, 0
+}
+
+// MSRs and local APIC registers set on every vCPU before boot.
+const (
+	msrSysenterCS   = 0x174
+	msrSysenterESP  = 0x175
+	msrSysenterEIP  = 0x176
+	msrTSC          = 0x10
+	msrMiscEnable   = 0x1a0
+	msrSTAR         = 0xc0000081
+	msrLSTAR        = 0xc0000082
+	msrCSTAR        = 0xc0000083
+	msrSyscallMask  = 0xc0000084
+	msrKernelGSBase = 0xc0000102
+
+	miscEnableFastString = 1
+
+	lapicLVTLINT0   = 0x350
+	lapicLVTLINT1   = 0x360
+	lapicModeMask   = 0x700
+	lapicModeExtINT = 0x700
+	lapicModeNMI    = 0x400
+	lapicMasked     = 1 << 16
+)
+
+// BootMSRs are the MSR values a vCPU starts with: system-call MSRs
+// cleared, TSC at 0 and fast string operations enabled.
+func BootMSRs() []kvm.MSR {
+	return []kvm.MSR{
+		{Index: msrSysenterCS}, {Index: msrSysenterESP}, {Index: msrSysenterEIP},
+		{Index: msrSTAR}, {Index: msrCSTAR}, {Index: msrKernelGSBase},
+		{Index: msrSyscallMask}, {Index: msrLSTAR},
+		{Index: msrTSC},
+		{Index: msrMiscEnable, Data: miscEnableFastString},
+	}
+}
+
+// SetLINTs wires a local APIC's LINT0 to ExtINT (the 8259 PIC) and LINT1
+// to NMI, unmasked, as a PC's BIOS leaves them.
+func SetLINTs(l *kvm.LAPICState) {
+	set := func(off int, mode uint32) {
+		v := binary.LittleEndian.Uint32(l.Regs[off:])
+		v = v&^(lapicModeMask|lapicMasked) | mode
+		binary.LittleEndian.PutUint32(l.Regs[off:], v)
+	}
+	set(lapicLVTLINT0, lapicModeExtINT)
+	set(lapicLVTLINT1, lapicModeNMI)
 }
