@@ -65,6 +65,7 @@ const (
 	CapSplitIRQChip   Cap = 121
 	CapTSCControl     Cap = 60
 	CapGetTSCKHz      Cap = 61
+	CapTSCDeadline    Cap = 72
 	CapKVMClockCtrl   Cap = 76
 	CapX2APICAPI      Cap = 129
 	CapIRQRouting     Cap = 25

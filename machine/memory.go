@@ -211,3 +211,22 @@ func (m *GuestMemory) PutUint32(gpa uint64, v uint32) error {
 func (m *GuestMemory) PutUint64(gpa uint64, v uint64) error {
 	return m.WriteAt(binary.LittleEndian.AppendUint64(nil, v), gpa)
 }
+
+// Resident is how many bytes of guest RAM are resident in host memory
+// (mincore over every region).
+func (m *GuestMemory) Resident() (uint64, error) {
+	var total uint64
+	page := uint64(unix.Getpagesize())
+	for _, r := range m.regions {
+		vec := make([]byte, (r.Size+page-1)/page)
+		if err := mincore(r.host, vec); err != nil {
+			return 0, fmt.Errorf("mincore guest memory at %#x: %w", r.GPA, err)
+		}
+		for _, v := range vec {
+			if v&1 != 0 {
+				total += page
+			}
+		}
+	}
+	return total, nil
+}

@@ -132,3 +132,25 @@ func TestSetupLongModeIdentityMaps4GiB(t *testing.T) {
 		t.Fatal("SetupLongMode accepted 1 MiB of RAM")
 	}
 }
+
+func TestResidentCountsTouchedPagesOnly(t *testing.T) {
+	m, err := NewGuestMemory(64 * MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	before, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != 0 {
+		t.Fatalf("fresh guest memory has %d resident bytes; it must be mapped lazily", before)
+	}
+	for gpa := uint64(0); gpa < 1*MiB; gpa += 4096 {
+		m.PutUint8(gpa, 1)
+	}
+	after, _ := m.Resident()
+	if after < 1*MiB || after > 2*MiB {
+		t.Fatalf("resident after touching 1 MiB = %d", after)
+	}
+}
