@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 
 // Config describes a VM. Zero values take the defaults below.
 type Config struct {
-	Kernel    string // path of the kernel (a unikernel ELF for now)
-	Initrd    string // optional initial ramdisk
+	Kernel    string // Linux bzImage, ELF vmlinux with a PVH note, Multiboot kernel or capsule unikernel
+	Initrd    string // optional initial ramdisk (Linux, PVH) or module (Multiboot)
 	Cmdline   string
 	CPUs      int       // default 1
 	MemoryMiB int       // default 128
@@ -52,10 +53,11 @@ const (
 	ReasonTripleFault               // the guest triple-faulted
 	ReasonCrash                     // the vCPU could not go on (fail entry, internal error, ...)
 	ReasonCanceled                  // the caller's context ended (signal, timeout, console key)
+	ReasonPowerOff                  // the guest powered off (ACPI PM1a SLP_EN)
 )
 
 func (r Reason) String() string {
-	return [...]string{"exit port", "reset", "triple fault", "crash", "canceled"}[r]
+	return [...]string{"exit port", "reset", "triple fault", "crash", "canceled", "power off"}[r]
 }
 
 // Result is how a VM's run ended.
@@ -74,6 +76,7 @@ type VM struct {
 	cfg   Config
 	mem   *machine.GuestMemory
 	entry bootloader.Entry
+	info  bootloader.Info
 	sys   *kvm.System
 	vm    *kvm.VM
 	vcpus []*kvm.VCPU
@@ -112,9 +115,6 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Kernel == "" {
 		return nil, errors.New("--kernel is required")
 	}
-	if cfg.Initrd != "" {
-		return nil, fmt.Errorf("--initrd %s: unikernels take no initrd (Linux kernels arrive with a later release)", cfg.Initrd)
-	}
 	mem, err := machine.NewGuestMemory(uint64(cfg.MemoryMiB) * machine.MiB)
 	if err != nil {
 		return nil, fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
@@ -132,16 +132,37 @@ func New(cfg Config) (*VM, error) {
 }
 
 func (v *VM) load() error {
-	entry, err := bootloader.LoadUnikernel(v.mem, v.cfg.Kernel, v.cfg.Cmdline, v.cfg.CPUs)
+	entry, info, err := bootloader.Load(v.mem, bootloader.Config{
+		Kernel: v.cfg.Kernel, Initrd: v.cfg.Initrd, Cmdline: v.cfg.Cmdline, CPUs: v.cfg.CPUs,
+	})
 	if err != nil {
 		return err
 	}
-	if err := machine.SetupLongMode(v.mem); err != nil {
+	switch entry.Mode {
+	case bootloader.Mode64:
+		err = machine.SetupLongMode(v.mem)
+	case bootloader.Mode32:
+		err = machine.SetupGDT(v.mem)
+	default:
+		err = fmt.Errorf("kernel %s: loader returned no entry mode", v.cfg.Kernel)
+	}
+	if err != nil {
 		return err
 	}
-	v.entry = entry
+	// Kernels find the vCPUs and the I/O APIC in the MP table (without
+	// ACPI) or in the ACPI MADT; both describe the same machine.
+	if err := machine.WriteMPTable(v.mem, v.cfg.CPUs); err != nil {
+		return err
+	}
+	if err := machine.WriteACPITables(v.mem, v.cfg.CPUs); err != nil {
+		return err
+	}
+	v.entry, v.info = entry, info
 	return nil
 }
+
+// Info describes the loaded kernel.
+func (v *VM) Info() bootloader.Info { return v.info }
 
 // Close releases the vCPUs, the VM, /dev/kvm and guest memory.
 func (v *VM) Close() error {
@@ -217,6 +238,8 @@ func (v *VM) addDevices() error {
 		{devices.I8042Data, 5, &devices.I8042{OnReset: func() { v.stop(Result{Reason: ReasonReset}) }}},
 		{devices.ExitPort, 1, &devices.ExitDevice{OnExit: func(s byte) { v.stop(Result{Reason: ReasonExitPort, Status: int(s)}) }}},
 		{devices.BootMarkerPort, 1, &devices.BootMarker{OnBoot: v.markBoot}},
+		{devices.RTCPort, devices.RTCPorts, devices.NewRTC(nil)},
+		{devices.PM1aControlPort, 2, &devices.PowerControl{OnPowerOff: func() { v.stop(Result{Reason: ReasonPowerOff}) }}},
 	} {
 		if err := v.pio.insert(d.base, d.size, d.dev); err != nil {
 			return err
@@ -230,13 +253,30 @@ func (v *VM) createVCPUs() error {
 	if err != nil {
 		return err
 	}
+	cpuid := machine.CPUIDConfig{CPUs: v.cfg.CPUs, TSCDeadline: v.sys.CheckExtension(kvm.CapTSCDeadline) > 0}
 	for id := range v.cfg.CPUs {
 		c, err := v.vm.CreateVCPU(id)
 		if err != nil {
 			return fmt.Errorf("--cpus %d: %w", v.cfg.CPUs, err)
 		}
 		v.vcpus = append(v.vcpus, c)
-		if err := c.SetCPUID(machine.CPUID(supported, id, v.cfg.CPUs)); err != nil {
+		if id == 0 && v.sys.CheckExtension(kvm.CapGetTSCKHz) > 0 {
+			if khz, err := c.TSCKHz(); err == nil {
+				cpuid.TSCKHz = khz
+			}
+		}
+		if err := c.SetCPUID(machine.CPUID(supported, id, cpuid)); err != nil {
+			return err
+		}
+		if err := c.SetMSRs(machine.BootMSRs()); err != nil {
+			return err
+		}
+		l, err := c.LAPIC()
+		if err != nil {
+			return err
+		}
+		machine.SetLINTs(&l)
+		if err := c.SetLAPIC(l); err != nil {
 			return err
 		}
 	}
@@ -247,11 +287,16 @@ func (v *VM) createVCPUs() error {
 	if err != nil {
 		return err
 	}
-	machine.LongModeSregs(&s)
+	if v.entry.Mode == bootloader.Mode64 {
+		machine.LongModeSregs(&s)
+	} else {
+		machine.ProtectedModeSregs(&s)
+	}
 	if err := boot.SetSregs(s); err != nil {
 		return err
 	}
-	return boot.SetRegs(kvm.Regs{RIP: v.entry.RIP, RSP: v.entry.RSP, RDI: v.entry.RDI, RSI: v.entry.RSI, RFLAGS: 2})
+	e := v.entry
+	return boot.SetRegs(kvm.Regs{RIP: e.RIP, RSP: e.RSP, RAX: e.RAX, RBX: e.RBX, RDI: e.RDI, RSI: e.RSI, RFLAGS: 2})
 }
 
 // Receive sends console input to the guest's serial port.
@@ -418,4 +463,47 @@ func dumpState(c *kvm.VCPU) string {
 		r.RIP, r.RSP, r.RFLAGS, r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP, r.R8,
 		r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15,
 		s.CS.Selector, s.CS.Base, s.CS.L, s.SS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
+}
+
+// Usage is the VMM's memory use.
+type Usage struct {
+	RSS           uint64 // resident set of the whole process
+	GuestResident uint64 // of which guest RAM
+}
+
+// Overhead is the memory the VMM itself uses: RSS less resident guest RAM.
+func (u Usage) Overhead() uint64 {
+	if u.GuestResident > u.RSS {
+		return 0
+	}
+	return u.RSS - u.GuestResident
+}
+
+// MemoryUsage measures the process's RSS and the resident part of guest
+// RAM. Call it before Close.
+func (v *VM) MemoryUsage() (Usage, error) {
+	var u Usage
+	if v.mem == nil {
+		return u, errors.New("vmm: VM closed")
+	}
+	g, err := v.mem.Resident()
+	if err != nil {
+		return u, err
+	}
+	u.GuestResident = g
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return u, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb uint64
+			if _, err := fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), &kb); err != nil {
+				return u, fmt.Errorf("parse VmRSS %q: %w", rest, err)
+			}
+			u.RSS = kb << 10
+			return u, nil
+		}
+	}
+	return u, errors.New("no VmRSS in /proc/self/status")
 }

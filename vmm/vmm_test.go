@@ -135,7 +135,7 @@ func TestNewRejectsBadInputBeforeKVM(t *testing.T) {
 	}{
 		{"missing kernel flag", Config{}, "--kernel is required", nil},
 		{"missing kernel file", Config{Kernel: "/nonexistent/kernel"}, "/nonexistent/kernel", bootloader.ErrNotFound},
-		{"not an ELF", Config{Kernel: "../testdata/guests/hello.S"}, "hello.S", bootloader.ErrNotELF},
+		{"not an ELF", Config{Kernel: "../testdata/guests/hello.S"}, "hello.S", bootloader.ErrNotKernel},
 		{"zero vCPUs", Config{Kernel: "x", CPUs: -1}, "--cpus", nil},
 		{"too little memory", Config{Kernel: "x", MemoryMiB: 1}, "--memory", nil},
 	} {

@@ -1,6 +1,7 @@
 // Command capsule runs micro-VMs on Linux KVM.
 //
 //	capsule run --kernel PATH [flags]   boot a kernel in a micro-VM
+//	capsule bench --kernel PATH [flags] boot-time benchmark, side by side with QEMU
 //	capsule probe                       say what kind of KVM this host has
 //	capsule version                     print the version
 //
@@ -33,6 +34,7 @@ type command struct {
 
 var commands = []command{
 	{"run", "boot a kernel in a micro-VM", cmdRun},
+	{"bench", "boot a kernel repeatedly and report boot times, side by side with QEMU", cmdBench},
 	{"probe", "say what kind of KVM this host has and what will work", cmdProbe},
 	{"version", "print capsule's version", cmdVersion},
 }

@@ -26,7 +26,7 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"kernel that is not an ELF", []string{"run", "--kernel", "../../testdata/guests/hello.S"}, "hello.S: not an ELF file"},
+		{"kernel that is not an ELF", []string{"run", "--kernel", "../../testdata/guests/hello.S"}, "hello.S: not a Linux bzImage, ELF or Multiboot kernel"},
 		{"missing kernel", []string{"run", "--kernel", "/nonexistent"}, "/nonexistent"},
 		{"no kernel flag", []string{"run"}, "--kernel is required"},
 		{"bad vCPU count", []string{"run", "--kernel", "x", "--cpus", "0"}, "--cpus 0"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,9 @@ to I/O port 0xf5) goes to stderr.
 	fs.IntVar(&cfg.MemoryMiB, "memory", vmm.DefaultMemoryMiB, "guest RAM in MiB")
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
+	var statsFD int
+	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
+	fs.MarkHidden("stats-fd")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,6 +110,11 @@ to I/O port 0xf5) goes to stderr.
 		return runErr
 	}
 	status, msg := outcome(res, context.Cause(ctx), timeout)
+	if statsFD > 0 {
+		if err := writeStats(statsFD, vm, res, status); err != nil {
+			return err
+		}
+	}
 	if res.Detail != "" {
 		fmt.Fprintf(stderr, "capsule: %s\n", res.Detail)
 	}
@@ -151,4 +160,30 @@ func summary(res vmm.Result, status int, msg string) string {
 		s += ", first KVM_RUN " + ms(res.FirstRun)
 	}
 	return s + " after process start"
+}
+
+// runStats is what capsule run --stats-fd reports to capsule bench.
+type runStats struct {
+	Status        int    `json:"status"`
+	FirstRunNS    int64  `json:"first_run_ns"`
+	BootNS        int64  `json:"boot_ns"`
+	RSS           uint64 `json:"rss_bytes"`
+	GuestResident uint64 `json:"guest_resident_bytes"`
+}
+
+func writeStats(fd int, vm *vmm.VM, res vmm.Result, status int) error {
+	u, err := vm.MemoryUsage()
+	if err != nil {
+		return fmt.Errorf("--stats-fd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "stats")
+	if f == nil {
+		return fmt.Errorf("--stats-fd %d: not a file descriptor", fd)
+	}
+	defer f.Close()
+	st := runStats{Status: status, FirstRunNS: int64(res.FirstRun), BootNS: int64(res.Boot), RSS: u.RSS, GuestResident: u.GuestResident}
+	if err := json.NewEncoder(f).Encode(st); err != nil {
+		return fmt.Errorf("--stats-fd %d: %w", fd, err)
+	}
+	return nil
 }

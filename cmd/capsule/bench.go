@@ -1,0 +1,421 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/capsule-vm/capsule/kvm"
+)
+
+// QEMU's fastest configuration for a direct kernel boot: microvm without
+// option ROMs, legacy PIT, PIC or RTC (measured fastest in the rig).
+const qemuMachine = "microvm,x-option-roms=off,pit=off,pic=off,rtc=off"
+
+type benchConfig struct {
+	kernel, qemuKernel, initrd, cmdline, marker string
+	cpus, memory, runs                          int
+	against                                     string
+	qemu, qemuMachine                           string
+	timeout                                     time.Duration
+	json                                        bool
+}
+
+func cmdBench(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench", "bench --kernel K [--initrd I] [--runs N] [--against qemu] [--json]", `Boots a kernel N times and reports min, median and p90 of:
+  (a) process start → first KVM_RUN          (capsule; QEMU from its kvm_vcpu_ioctl trace)
+  (b) process start → the guest's boot marker (a write of 123 to port 0xf5)
+  (c) process start → the init's marker line on the console, for capsule and,
+      with --against qemu, for qemu-system-x86_64 in the same run, with the ratio
+  (d) VMM memory overhead: capsule's RSS minus resident guest RAM
+Runs alternate between capsule and QEMU so that both see the same host load.
+The guest must print the marker line and then stop (the test initramfs does,
+with capsule.exit=0 on its command line).
+`, stderr)
+	var c benchConfig
+	fs.StringVar(&c.kernel, "kernel", "", "kernel to boot (required)")
+	fs.StringVar(&c.initrd, "initrd", "", "initial ramdisk")
+	fs.StringVar(&c.cmdline, "cmdline", "console=ttyS0 quiet reboot=k panic=-1 capsule.exit=0", "kernel command line")
+	fs.StringVar(&c.marker, "marker", "capsule-init: up", "console line that marks the init running, for (c)")
+	fs.IntVar(&c.cpus, "cpus", 1, "vCPUs")
+	fs.IntVar(&c.memory, "memory", 128, "guest RAM in MiB")
+	fs.IntVar(&c.runs, "runs", 10, "boots per VMM")
+	fs.StringVar(&c.against, "against", "", `peer to compare with: "qemu" or empty`)
+	fs.StringVar(&c.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for --against qemu")
+	fs.StringVar(&c.qemuKernel, "qemu-kernel", "", "kernel QEMU boots (default: --kernel)")
+	fs.StringVar(&c.qemuMachine, "qemu-machine", qemuMachine, "QEMU -M value")
+	fs.DurationVar(&c.timeout, "timeout", time.Minute, "limit for one boot")
+	fs.BoolVar(&c.json, "json", false, "print the results as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case c.kernel == "":
+		return errors.New("--kernel is required")
+	case c.runs < 1:
+		return fmt.Errorf("--runs %d: must be at least 1", c.runs)
+	case c.against != "" && c.against != "qemu":
+		return fmt.Errorf("--against %q: only qemu is supported", c.against)
+	}
+	if c.qemuKernel == "" {
+		c.qemuKernel = c.kernel
+	}
+	for _, p := range []string{c.kernel, c.initrd, c.qemuKernel} {
+		if _, err := os.Stat(p); p != "" && err != nil {
+			return err
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if c.against == "qemu" {
+		if c.qemu, err = exec.LookPath(c.qemu); err != nil {
+			return fmt.Errorf("--against qemu: %w (apt-get install qemu-system-x86)", err)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, QEMUKernel: c.qemuKernel, CPUs: c.cpus, MemoryMiB: c.memory,
+		Runs: c.runs, Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	for i := range c.runs {
+		s, err := benchCapsule(ctx, self, c)
+		if err != nil {
+			return fmt.Errorf("capsule run %d: %w", i+1, err)
+		}
+		rep.Capsule = append(rep.Capsule, s)
+		if c.against == "qemu" {
+			q, err := benchQEMU(ctx, c)
+			if err != nil {
+				return fmt.Errorf("qemu run %d: %w", i+1, err)
+			}
+			rep.QEMU = append(rep.QEMU, q)
+		}
+		if !c.json {
+			fmt.Fprintf(stderr, "bench: run %d/%d done\n", i+1, c.runs)
+		}
+	}
+	if c.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep.withSummary())
+	}
+	rep.print(stdout)
+	return nil
+}
+
+func hostDescription() string {
+	h := kvm.Probe()
+	name, _ := os.Hostname()
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	kind := "kvm: " + h.Kind.String()
+	if h.Vendor != "" && h.Kind == kvm.KindHardware {
+		kind += " (kvm_" + h.Vendor + ")"
+	}
+	if os.Getenv("CAPSULE_RIG") == "1" {
+		kind += ", nested rig (TCG L1)"
+	}
+	return fmt.Sprintf("%s, %s, %d CPUs, %s", name, model, runtime.NumCPU(), kind)
+}
+
+// sample is one boot's measurements; zero means not measured.
+type sample struct {
+	FirstRun time.Duration `json:"first_run_ns"`
+	Boot     time.Duration `json:"boot_marker_ns"`
+	Init     time.Duration `json:"init_marker_ns"`
+	Overhead uint64        `json:"overhead_bytes"`
+	RSS      uint64        `json:"rss_bytes"`
+}
+
+// watchConsole reads r until EOF and sends the time since start when a
+// line containing marker appears; it keeps the last lines for errors.
+func watchConsole(r io.Reader, marker string, start time.Time, found chan<- time.Duration, tail *[]string) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sent := false
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if !sent && strings.Contains(line, marker) {
+			found <- time.Since(start)
+			sent = true
+		}
+		*tail = append(*tail, line)
+		if len(*tail) > 20 {
+			*tail = (*tail)[1:]
+		}
+	}
+	if !sent {
+		found <- 0
+	}
+}
+
+func benchCapsule(ctx context.Context, self string, c benchConfig) (sample, error) {
+	args := []string{"run", "-q", "--kernel", c.kernel, "--cmdline", c.cmdline,
+		"--cpus", strconv.Itoa(c.cpus), "--memory", strconv.Itoa(c.memory), "--timeout", c.timeout.String(), "--stats-fd", "3"}
+	if c.initrd != "" {
+		args = append(args, "--initrd", c.initrd)
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	statsR, statsW, err := os.Pipe()
+	if err != nil {
+		return sample{}, err
+	}
+	defer statsR.Close()
+	cmd.ExtraFiles = []*os.File{statsW}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		statsW.Close()
+		return sample{}, err
+	}
+	found := make(chan time.Duration, 1)
+	var tail []string
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		statsW.Close()
+		return sample{}, err
+	}
+	statsW.Close()
+	go watchConsole(out, c.marker, start, found, &tail)
+	var st runStats
+	statsErr := json.NewDecoder(statsR).Decode(&st)
+	init := <-found
+	waitErr := cmd.Wait()
+	if init == 0 {
+		return sample{}, fmt.Errorf("no %q line on the console (%v; stderr %q; last lines %q)", c.marker, waitErr, stderr.String(), tail)
+	}
+	if statsErr != nil {
+		return sample{}, fmt.Errorf("no statistics from capsule run (%v): %v, stderr %q", waitErr, statsErr, stderr.String())
+	}
+	return sample{
+		FirstRun: time.Duration(st.FirstRunNS), Boot: time.Duration(st.BootNS), Init: init,
+		RSS: st.RSS, Overhead: max(st.RSS, st.GuestResident) - st.GuestResident,
+	}, nil
+}
+
+// qemuTraceLine matches QEMU's log-backend trace of a vCPU ioctl:
+// "PID@SECONDS.MICROS:kvm_vcpu_ioctl cpu_index 0, type 0xae80, arg (nil)".
+var qemuTraceLine = regexp.MustCompile(`^\d+@(\d+)\.(\d+):kvm_vcpu_ioctl cpu_index \d+, type 0xae80\b`)
+
+// qemuFirstRun finds the wall-clock time of QEMU's first KVM_RUN in its
+// trace output.
+func qemuFirstRun(trace []byte) (time.Time, bool) {
+	for _, line := range strings.Split(string(trace), "\n") {
+		if m := qemuTraceLine.FindStringSubmatch(line); m != nil {
+			sec, err1 := strconv.ParseInt(m[1], 10, 64)
+			us, err2 := strconv.ParseInt(m[2], 10, 64)
+			if err1 == nil && err2 == nil {
+				return time.Unix(sec, us*1000), true
+			}
+		}
+	}
+	return time.Time{}, false
+}
+
+func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
+	args := []string{"-accel", "kvm", "-M", c.qemuMachine, "-cpu", "host",
+		"-smp", strconv.Itoa(c.cpus), "-m", strconv.Itoa(c.memory) + "M",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", c.qemuKernel, "-append", c.cmdline,
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+		"-trace", "enable=kvm_vcpu_ioctl"}
+	if c.initrd != "" {
+		args = append(args, "-initrd", c.initrd)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.qemu, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return sample{}, err
+	}
+	found := make(chan time.Duration, 1)
+	var tail []string
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return sample{}, err
+	}
+	go watchConsole(out, c.marker, start, found, &tail)
+	init := <-found
+	var rss uint64
+	if init > 0 {
+		rss = processRSS(cmd.Process.Pid)
+	}
+	waitErr := cmd.Wait()
+	if init == 0 {
+		return sample{}, fmt.Errorf("no %q line on QEMU's console (%v; stderr %q; last lines %q)", c.marker, waitErr, lastBytes(stderr.Bytes(), 400), tail)
+	}
+	s := sample{Init: init, RSS: rss}
+	if t, ok := qemuFirstRun(stderr.Bytes()); ok {
+		s.FirstRun = t.Sub(start)
+	}
+	return s, nil
+}
+
+func lastBytes(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// processRSS reads VmRSS of a process, 0 if unknown.
+func processRSS(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.Fields(v)[0], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// stat is min, median and p90 of one metric.
+type stat struct {
+	N      int           `json:"n"`
+	Min    time.Duration `json:"min_ns"`
+	Median time.Duration `json:"median_ns"`
+	P90    time.Duration `json:"p90_ns"`
+}
+
+func summarize(vals []time.Duration) stat {
+	var v []time.Duration
+	for _, x := range vals {
+		if x > 0 {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return stat{}
+	}
+	slices.Sort(v)
+	// Nearest-rank percentiles.
+	rank := func(p float64) time.Duration {
+		i := int(p*float64(len(v))+0.999999) - 1
+		return v[min(max(i, 0), len(v)-1)]
+	}
+	return stat{N: len(v), Min: v[0], Median: rank(0.5), P90: rank(0.9)}
+}
+
+type benchReport struct {
+	Kernel     string       `json:"kernel"`
+	QEMUKernel string       `json:"qemu_kernel"`
+	Initrd     string       `json:"initrd"`
+	CPUs       int          `json:"cpus"`
+	MemoryMiB  int          `json:"memory_mib"`
+	Runs       int          `json:"runs"`
+	Date       string       `json:"date"`
+	Host       string       `json:"host"`
+	Capsule    []sample     `json:"capsule"`
+	QEMU       []sample     `json:"qemu,omitempty"`
+	Summary    benchSummary `json:"summary"`
+}
+
+type benchSummary struct {
+	CapsuleFirstRun stat    `json:"capsule_first_run"`
+	CapsuleBoot     stat    `json:"capsule_boot_marker"`
+	CapsuleInit     stat    `json:"capsule_init_marker"`
+	CapsuleOverhead stat    `json:"capsule_overhead_bytes"` // durations hold bytes here
+	QEMUFirstRun    stat    `json:"qemu_first_run"`
+	QEMUInit        stat    `json:"qemu_init_marker"`
+	QEMURSS         stat    `json:"qemu_rss_bytes"`
+	InitRatio       float64 `json:"init_ratio_capsule_over_qemu"`
+	FirstRunSpeedup float64 `json:"first_run_speedup_qemu_over_capsule"`
+}
+
+func pick(s []sample, f func(sample) time.Duration) []time.Duration {
+	out := make([]time.Duration, len(s))
+	for i, x := range s {
+		out[i] = f(x)
+	}
+	return out
+}
+
+func (r benchReport) withSummary() benchReport {
+	s := &r.Summary
+	s.CapsuleFirstRun = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.FirstRun }))
+	s.CapsuleBoot = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.Boot }))
+	s.CapsuleInit = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.Init }))
+	s.CapsuleOverhead = summarize(pick(r.Capsule, func(x sample) time.Duration { return time.Duration(x.Overhead) }))
+	s.QEMUFirstRun = summarize(pick(r.QEMU, func(x sample) time.Duration { return x.FirstRun }))
+	s.QEMUInit = summarize(pick(r.QEMU, func(x sample) time.Duration { return x.Init }))
+	s.QEMURSS = summarize(pick(r.QEMU, func(x sample) time.Duration { return time.Duration(x.RSS) }))
+	if s.QEMUInit.Median > 0 {
+		s.InitRatio = float64(s.CapsuleInit.Median) / float64(s.QEMUInit.Median)
+	}
+	if s.CapsuleFirstRun.Median > 0 && s.QEMUFirstRun.Median > 0 {
+		s.FirstRunSpeedup = float64(s.QEMUFirstRun.Median) / float64(s.CapsuleFirstRun.Median)
+	}
+	return r
+}
+
+func fmtDur(s stat) string {
+	if s.N == 0 {
+		return "n/a"
+	}
+	f := func(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) }
+	return f(s.Min) + " / " + f(s.Median) + " / " + f(s.P90) + " ms"
+}
+
+func fmtMiB(s stat) string {
+	if s.N == 0 {
+		return "n/a"
+	}
+	f := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/(1<<20), 'f', 2, 64) }
+	return f(s.Min) + " / " + f(s.Median) + " / " + f(s.P90) + " MiB"
+}
+
+func (r benchReport) print(w io.Writer) {
+	r = r.withSummary()
+	s := r.Summary
+	fmt.Fprintf(w, "capsule bench, %s, %s\n", r.Date, r.Host)
+	fmt.Fprintf(w, "kernel %s, initrd %s, %d vCPU, %d MiB, %d runs", r.Kernel, r.Initrd, r.CPUs, r.MemoryMiB, r.Runs)
+	if r.QEMUKernel != r.Kernel {
+		fmt.Fprintf(w, ", QEMU boots %s", r.QEMUKernel)
+	}
+	fmt.Fprintf(w, "\n\n")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "metric (min / median / p90)\tcapsule\tqemu (%s)\tratio (median)\n", qemuMachine)
+	ratio := func(x float64, suffix string) string {
+		if x == 0 {
+			return "n/a"
+		}
+		return strconv.FormatFloat(x, 'f', 2, 64) + suffix
+	}
+	fmt.Fprintf(tw, "(a) start → first KVM_RUN\t%s\t%s\t%s\n", fmtDur(s.CapsuleFirstRun), fmtDur(s.QEMUFirstRun), ratio(s.FirstRunSpeedup, "× faster"))
+	fmt.Fprintf(tw, "(b) start → boot marker\t%s\t%s\t\n", fmtDur(s.CapsuleBoot), "n/a")
+	fmt.Fprintf(tw, "(c) start → init marker\t%s\t%s\t%s\n", fmtDur(s.CapsuleInit), fmtDur(s.QEMUInit), ratio(s.InitRatio, "× QEMU's time"))
+	fmt.Fprintf(tw, "(d) VMM overhead (RSS − guest RAM)\t%s\t%s\t\n", fmtMiB(s.CapsuleOverhead), "RSS "+fmtMiB(s.QEMURSS))
+	tw.Flush()
+}
