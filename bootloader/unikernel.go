@@ -21,20 +21,29 @@ const (
 	// machine.IdentityMapped bytes identity-mapped (machine.SetupLongMode,
 	// machine.LongModeSregs).
 	Mode64
+	// Mode32 is 32-bit protected mode with paging off: flat 4 GiB code
+	// and data segments (base 0, limit 0xffffffff, 32-bit), CR0 = PE|ET,
+	// CR4 = 0, EFER = 0, interrupts off. PVH and Multiboot kernels start
+	// in it.
+	Mode32
 )
 
 func (m Mode) String() string {
 	switch m {
 	case Mode64:
 		return "64-bit long mode"
+	case Mode32:
+		return "32-bit protected mode"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
 
-// Entry is the CPU state the boot vCPU starts in.
+// Entry is the CPU state the boot vCPU starts in: its mode and the
+// general-purpose registers that matter. All other general-purpose
+// registers are zero and RFLAGS is 0x2.
 type Entry struct {
-	Mode               Mode
-	RIP, RSP, RDI, RSI uint64
+	Mode                         Mode
+	RIP, RSP, RAX, RBX, RSI, RDI uint64
 }
 
 // Boot-info block written at machine.BootInfoAddr for a unikernel.
@@ -64,7 +73,7 @@ func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus i
 	if err := checkCmdline(cmdline); err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
-	data, err := readImage(path, mem.Size())
+	data, err := readImage(path, mem.Size(), ErrNotELF)
 	if err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
@@ -75,19 +84,17 @@ func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus i
 	if err := checkUnikernelLayout(mem, img); err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
-	if err := writeSegments(mem, img); err != nil {
+	p, err := unikernelPlan(mem, img, cmdline, cpus)
+	if err == nil {
+		err = p.check(mem)
+	}
+	if err == nil {
+		err = p.apply(mem)
+	}
+	if err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
-	if err := writeBootInfo(mem, cmdline, cpus); err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
-	}
-	return Entry{
-		Mode: Mode64,
-		RIP:  img.Entry,
-		RSP:  machine.StackTop,
-		RDI:  machine.BootInfoAddr,
-		RSI:  machine.CmdlineAddr,
-	}, nil
+	return p.entry, nil
 }
 
 // checkCmdline checks that cmdline fits at machine.CmdlineAddr with its
@@ -102,8 +109,15 @@ func checkCmdline(cmdline string) error {
 	return nil
 }
 
-// readImage reads a regular file of at most limit bytes.
-func readImage(path string, limit uint64) ([]byte, error) {
+// readImage reads a regular file of at most limit bytes. A directory or
+// other non-regular file is an error wrapping notRegular.
+func readImage(path string, limit uint64, notRegular error) ([]byte, error) {
+	// Stat before opening: opening a FIFO would block.
+	if st, err := os.Stat(path); err != nil {
+		return nil, openError(err)
+	} else if !st.Mode().IsRegular() && !st.IsDir() {
+		return nil, fmt.Errorf("%w: not a regular file (%s)", notRegular, st.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, openError(err)
@@ -115,9 +129,9 @@ func readImage(path string, limit uint64) ([]byte, error) {
 	}
 	switch {
 	case st.IsDir():
-		return nil, fmt.Errorf("%w: is a directory", ErrNotELF)
+		return nil, fmt.Errorf("%w: is a directory", notRegular)
 	case !st.Mode().IsRegular():
-		return nil, fmt.Errorf("%w: not a regular file (%s)", ErrNotELF, st.Mode().Type())
+		return nil, fmt.Errorf("%w: not a regular file (%s)", notRegular, st.Mode().Type())
 	case st.Size() < 0 || uint64(st.Size()) > limit:
 		return nil, tooLarge(uint64(st.Size()), limit)
 	}
@@ -173,50 +187,36 @@ func checkUnikernelLayout(mem *machine.GuestMemory, img *ELFImage) error {
 	return nil
 }
 
-// writeSegments copies each segment's file bytes and zeroes its bss.
-func writeSegments(mem *machine.GuestMemory, img *ELFImage) error {
+// unikernelPlan lays out a parsed and checked unikernel: its segments,
+// the command line, the memory map and the boot-info block.
+func unikernelPlan(mem *machine.GuestMemory, img *ELFImage, cmdline string, cpus int) (*plan, error) {
+	p := &plan{
+		entry: Entry{
+			Mode: Mode64,
+			RIP:  img.Entry,
+			RSP:  machine.StackTop,
+			RDI:  machine.BootInfoAddr,
+			RSI:  machine.CmdlineAddr,
+		},
+		info: Info{Format: FormatUnikernel, KernelAddr: img.Segments[0].Addr, KernelEnd: img.Segments[len(img.Segments)-1].End()},
+	}
 	for _, s := range img.Segments {
-		if err := mem.WriteAt(s.Data, s.Addr); err != nil {
-			return fmt.Errorf("write segment at %#x: %w", s.Addr, err)
-		}
-		if err := mem.Zero(s.Addr+s.FileSize, s.MemSize-s.FileSize); err != nil {
-			return fmt.Errorf("zero bss at %#x: %w", s.Addr+s.FileSize, err)
-		}
+		p.add(s.Addr, s.Data, s.MemSize-s.FileSize)
 	}
-	return nil
-}
-
-// writeBootInfo writes the command line, the memory map and the boot-info
-// block that points at both.
-func writeBootInfo(mem *machine.GuestMemory, cmdline string, cpus int) error {
-	if err := mem.WriteAt(append([]byte(cmdline), 0), machine.CmdlineAddr); err != nil {
-		return fmt.Errorf("write command line: %w", err)
-	}
-	e820 := machine.E820(mem)
-	if machine.MemMapAddr+len(e820)*MemMapEntrySize > machine.PML4Addr {
-		return fmt.Errorf("memory map of %d entries does not fit below %#x", len(e820), machine.PML4Addr)
-	}
-	mm := make([]byte, 0, len(e820)*MemMapEntrySize)
-	for _, e := range e820 {
-		mm = binary.LittleEndian.AppendUint64(mm, e.Addr)
-		mm = binary.LittleEndian.AppendUint64(mm, e.Size)
-		mm = binary.LittleEndian.AppendUint32(mm, e.Type)
-		mm = binary.LittleEndian.AppendUint32(mm, 0)
-	}
-	if err := mem.WriteAt(mm, machine.MemMapAddr); err != nil {
-		return fmt.Errorf("write memory map: %w", err)
+	p.addCmdline(cmdline)
+	n, err := p.addMemMap(mem)
+	if err != nil {
+		return nil, err
 	}
 	bi := make([]byte, 0, BootInfoSize)
 	for _, v := range []uint64{
 		BootMagic,
 		machine.CmdlineAddr, uint64(len(cmdline)),
-		machine.MemMapAddr, uint64(len(e820)),
+		machine.MemMapAddr, uint64(n),
 		uint64(cpus), mem.Size(),
 	} {
 		bi = binary.LittleEndian.AppendUint64(bi, v)
 	}
-	if err := mem.WriteAt(bi, machine.BootInfoAddr); err != nil {
-		return fmt.Errorf("write boot info: %w", err)
-	}
-	return nil
+	p.add(machine.BootInfoAddr, bi, 0)
+	return p, nil
 }
