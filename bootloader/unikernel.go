@@ -135,16 +135,17 @@ func readImage(path string, limit uint64, notRegular error) ([]byte, error) {
 	case st.Size() < 0 || uint64(st.Size()) > limit:
 		return nil, tooLarge(uint64(st.Size()), limit)
 	}
-	// The file may have grown since Stat: read at most one byte past the
-	// limit to notice.
-	data, err := io.ReadAll(io.LimitReader(f, int64(min(limit, 1<<62))+1))
-	if err != nil {
+	// Read into one buffer of the file's size, with a spare byte to notice
+	// a file that grew since Stat.
+	buf := make([]byte, st.Size()+1)
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case err == nil:
+		return nil, tooLarge(uint64(st.Size())+1, limit) // grew past its size
+	case err != io.ErrUnexpectedEOF && err != io.EOF:
 		return nil, fmt.Errorf("read: %w", unwrapPath(err))
 	}
-	if uint64(len(data)) > limit {
-		return nil, tooLarge(uint64(len(data)), limit)
-	}
-	return data, nil
+	return buf[:n], nil
 }
 
 func tooLarge(size, limit uint64) error {

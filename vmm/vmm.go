@@ -84,6 +84,7 @@ type VM struct {
 	mmio  bus
 
 	serial *devices.Serial
+	phases []Phase
 
 	mu       sync.Mutex
 	stopped  bool
@@ -120,16 +121,30 @@ func New(cfg Config) (*VM, error) {
 		return nil, fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
 	}
 	v := &VM{cfg: cfg, mem: mem}
+	v.mark("guest memory mapped")
 	if err := v.load(); err != nil {
 		v.Close()
 		return nil, err
 	}
+	v.mark("kernel loaded")
 	if err := v.create(); err != nil {
 		v.Close()
 		return nil, err
 	}
+	v.mark("VM and vCPUs created")
 	return v, nil
 }
+
+// Phase is a start-up step and when it ended, since the process started.
+type Phase struct {
+	Name string
+	At   time.Duration
+}
+
+func (v *VM) mark(name string) { v.phases = append(v.phases, Phase{name, proc.Since()}) }
+
+// Phases lists the start-up steps New took, for diagnosing slow starts.
+func (v *VM) Phases() []Phase { return v.phases }
 
 func (v *VM) load() error {
 	entry, info, err := bootloader.Load(v.mem, bootloader.Config{

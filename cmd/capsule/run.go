@@ -54,6 +54,8 @@ to I/O port 0xf5) goes to stderr.
 	fs.IntVar(&cfg.MemoryMiB, "memory", vmm.DefaultMemoryMiB, "guest RAM in MiB")
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
+	var verbose bool
+	fs.BoolVarP(&verbose, "verbose", "v", false, "print start-up phases and the kernel format on stderr")
 	var statsFD int
 	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
 	fs.MarkHidden("stats-fd")
@@ -82,6 +84,13 @@ to I/O port 0xf5) goes to stderr.
 		return err
 	}
 	defer vm.Close()
+	if verbose {
+		info := vm.Info()
+		fmt.Fprintf(stderr, "capsule: %s %s (%s), initrd at %#x (%d bytes)\n", info.Format, cfg.Kernel, info.Version, info.InitrdAddr, info.InitrdSize)
+		for _, p := range vm.Phases() {
+			fmt.Fprintf(stderr, "capsule: %8s  %s\n", ms(p.At), p.Name)
+		}
+	}
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
