@@ -143,7 +143,7 @@ func TestLoadBzImage(t *testing.T) {
 	}
 	payload := testPayload(64 << 10)
 	kernel := testBz{KernelVersion: "6.1.0-test (b@h) #1", Payload: payload, InitrdAddrMax: 0x1ffffff}.build()
-	initrd := bytes.Repeat([]byte("initramfs!"), 100000) // 1000000 bytes
+	initrd := bytes.Repeat([]byte("070701cpio"), 100000) // 1000000 bytes, a cpio magic first
 	const cmdline = "console=ttyS0 root=/dev/vda"
 	entry, info, err := Load(mem, Config{
 		Kernel:  writeNamed(t, "vmlinuz", kernel),
@@ -248,7 +248,7 @@ func TestLoadBzImageInitrdPlacement(t *testing.T) {
 	// With initrd_addr_max above RAM the initrd ends at the top of RAM,
 	// page-aligned.
 	mem := newMem(t, 64*machine.MiB)
-	initrd := make([]byte, 5000)
+	initrd := cpioLike(5000)
 	_, info, err := Load(mem, Config{
 		Kernel: writeNamed(t, "vmlinuz", testBz{}.build()),
 		Initrd: writeNamed(t, "initrd", initrd), CPUs: 1,

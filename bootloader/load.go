@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/capsule-vm/capsule/machine"
 )
@@ -226,6 +227,11 @@ func (p *plan) placeInitrd(mem *machine.GuestMemory, cfg Config, readInitrd func
 	if err != nil || initrd == nil {
 		return err
 	}
+	if p.info.Format != FormatMultiboot {
+		if err := checkLinuxInitrd(initrd.data); err != nil {
+			return fmt.Errorf("initrd %s: %w", cfg.Initrd, err)
+		}
+	}
 	size := uint64(len(initrd.data))
 	top := min(limit, lowRAMEnd(mem))
 	bottom := alignUp(p.info.KernelEnd, pageSize) // KernelEnd < 4 GiB: no overflow
@@ -378,4 +384,28 @@ func (p *plan) apply(mem *machine.GuestMemory) error {
 		}
 	}
 	return nil
+}
+
+// initrdMagics are the formats Linux unpacks as an initramfs: a newc or
+// old-binary cpio archive, or one compressed with a decompressor Linux may
+// have built in.
+var initrdMagics = []struct {
+	name  string
+	magic string
+}{
+	{"cpio (newc)", "070701"}, {"cpio (newc, crc)", "070702"}, {"cpio (binary)", "\xc7\x71"},
+	{"gzip", "\x1f\x8b"}, {"gzip (old)", "\x1f\x9e"}, {"bzip2", "BZh"}, {"xz", "\xfd7zXZ\x00"},
+	{"lzma", "\x5d\x00\x00"}, {"lzo", "\x89LZO"}, {"lz4", "\x02\x21\x4c\x18"}, {"zstd", "\x28\xb5\x2f\xfd"},
+}
+
+// checkLinuxInitrd rejects an initrd Linux could not unpack, which would
+// otherwise surface only as a kernel panic deep in the boot.
+func checkLinuxInitrd(data []byte) error {
+	for _, m := range initrdMagics {
+		if strings.HasPrefix(string(data), m.magic) {
+			return nil
+		}
+	}
+	head := data[:min(len(data), 6)]
+	return errorf(ErrBadInitrd, "not a cpio archive nor a compressed one (starts with % x; want cpio, gzip, bzip2, xz, lzma, lzo, lz4 or zstd)", head)
 }

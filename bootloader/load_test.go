@@ -115,14 +115,15 @@ func TestLoadErrors(t *testing.T) {
 		{name: "bzImage bad kernel_alignment", kernel: testBz{KernelAlign: 0x300000}.build(), mem: 64 * machine.MiB, want: ErrBadLayout},
 		{name: "bzImage pref_address in the MMIO gap", kernel: testBz{PrefAddress: 0xd0000000}.build(), mem: 64 * machine.MiB, want: ErrBadLayout},
 		{name: "empty initrd", kernel: bz, initrd: []byte{}, want: ErrBadInitrd, msg: "I: empty file"},
+		{name: "initrd that Linux cannot unpack", kernel: bz, initrd: []byte("corrupt, not an archive"), want: ErrBadInitrd, msg: "I: not a cpio archive nor a compressed one"},
 		{name: "missing initrd", kernel: bz, ipath: filepath.Join(dir, "nope"), want: ErrNotFound, msg: "I: no such file"},
 		{name: "initrd is a directory", kernel: bz, ipath: dir, want: ErrBadInitrd, msg: "I: not a usable initrd: is a directory"},
-		{name: "initrd larger than RAM", kernel: bz, initrd: make([]byte, 16*machine.MiB+1), want: ErrBadLayout,
+		{name: "initrd larger than RAM", kernel: bz, initrd: cpioLike(16*machine.MiB + 1), want: ErrBadLayout,
 			msg: "I: bad memory layout: file is 16777217 bytes, larger than the 16 MiB of guest RAM"},
-		{name: "initrd does not fit", kernel: bz, initrd: make([]byte, 14*machine.MiB), want: ErrBadLayout,
+		{name: "initrd does not fit", kernel: bz, initrd: cpioLike(14 * machine.MiB), want: ErrBadLayout,
 			msg: "I: 14 MiB does not fit in guest RAM below 0xffffff next to the kernel; give more --memory"},
 		{name: "initrd above initrd_addr_max", kernel: testBz{InitSize: 0x100000, PrefAddress: 0x100000, InitrdAddrMax: 0x3fffff}.build(),
-			initrd: make([]byte, 0x100001), want: ErrBadLayout,
+			initrd: cpioLike(0x100001), want: ErrBadLayout,
 			msg: "I: 1.0 MiB does not fit in guest RAM below 0x3fffff next to the kernel; give more --memory"},
 
 		// PVH.
@@ -140,7 +141,7 @@ func TestLoadErrors(t *testing.T) {
 			{Flags: PFR | PFX, Addr: 0x80000, Data: testCode},
 		}}.build(), want: ErrBadLayout},
 		{name: "PVH cmdline too long", kernel: vmlinux, mem: 64 * machine.MiB, cmdline: strings.Repeat("x", machine.CmdlineMax), want: ErrCmdlineTooLong},
-		{name: "PVH initrd does not fit", kernel: vmlinux, mem: 20 * machine.MiB, initrd: make([]byte, 2*machine.MiB), want: ErrBadLayout,
+		{name: "PVH initrd does not fit", kernel: vmlinux, mem: 20 * machine.MiB, initrd: cpioLike(2 * machine.MiB), want: ErrBadLayout,
 			msg: "I: 2 MiB does not fit in guest RAM below 0x13fffff next to the kernel; give more --memory"},
 
 		// Multiboot.
@@ -330,4 +331,12 @@ func FuzzLoadImage(f *testing.F) {
 			t.Fatalf("entry mode %v", p.entry.Mode)
 		}
 	})
+}
+
+// cpioLike returns n bytes that start with the newc cpio magic, so that
+// the loader's initrd format check accepts them.
+func cpioLike(n int) []byte {
+	b := make([]byte, n)
+	copy(b, "070701")
+	return b
 }

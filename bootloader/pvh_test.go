@@ -152,7 +152,7 @@ func TestLoadPVH(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := testVmlinux()
-	initrd := bytes.Repeat([]byte{0x5a}, 3*pageSize+1)
+	initrd := append([]byte("070701"), bytes.Repeat([]byte{0x5a}, 3*pageSize+1-6)...)
 	const cmdline = "console=hvc0"
 	entry, info, err := Load(mem, Config{
 		Kernel: writeNamed(t, "vmlinux", img.build()), Initrd: writeNamed(t, "initrd", initrd),
