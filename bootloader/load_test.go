@@ -115,7 +115,7 @@ func TestLoadErrors(t *testing.T) {
 		{name: "bzImage bad kernel_alignment", kernel: testBz{KernelAlign: 0x300000}.build(), mem: 64 * machine.MiB, want: ErrBadLayout},
 		{name: "bzImage pref_address in the MMIO gap", kernel: testBz{PrefAddress: 0xd0000000}.build(), mem: 64 * machine.MiB, want: ErrBadLayout},
 		{name: "empty initrd", kernel: bz, initrd: []byte{}, want: ErrBadInitrd, msg: "I: empty file"},
-		{name: "initrd that Linux cannot unpack", kernel: bz, initrd: []byte("corrupt, not an archive"), want: ErrBadInitrd, msg: "I: not a cpio archive nor a compressed one"},
+		{name: "initrd that Linux cannot unpack", kernel: bz, initrd: []byte("corrupt, not an archive"), want: ErrBadInitrd, msg: "I: not a cpio archive nor a compressed one (starts with 63 6f 72 72 75 70; want cpio, gzip, bzip2, xz, lzma, lzo, lz4 or zstd)"},
 		{name: "missing initrd", kernel: bz, ipath: filepath.Join(dir, "nope"), want: ErrNotFound, msg: "I: no such file"},
 		{name: "initrd is a directory", kernel: bz, ipath: dir, want: ErrBadInitrd, msg: "I: not a usable initrd: is a directory"},
 		{name: "initrd larger than RAM", kernel: bz, initrd: cpioLike(16*machine.MiB + 1), want: ErrBadLayout,

@@ -27,6 +27,7 @@ const (
 	EnvCPUs    = "CAPSULE_RIG_CPUS"
 	EnvVerbose = "CAPSULE_RIG_VERBOSE"
 	EnvKernel  = "CAPSULE_RIG_KERNEL"
+	EnvQEMU    = "CAPSULE_RIG_QEMU"
 	// EnvInRig is set to 1 in the test's environment inside the guest.
 	EnvInRig = "CAPSULE_RIG"
 )
@@ -59,6 +60,10 @@ type Config struct {
 	CPUs int
 	// Verbose shows the kernel log, QEMU's warnings and timings.
 	Verbose bool
+	// QEMU adds the host's qemu-system-x86_64 to the guest, at /usr/bin
+	// with its shared libraries and firmware, so that the test can start
+	// its own KVM guests with QEMU.
+	QEMU bool
 
 	// Stdout receives the test's output; Stderr the rig's messages.
 	// Nil means os.Stdout and os.Stderr.
@@ -89,6 +94,7 @@ func ConfigFromEnv(environ []string) (Config, error) {
 		Kernel:   get(EnvKernel),
 		Mem:      get(EnvMem),
 		Verbose:  isTrue(get(EnvVerbose)),
+		QEMU:     isTrue(get(EnvQEMU)),
 		Env:      testEnv(environ),
 	}
 	if v := get(EnvTimeout); v != "" {

@@ -16,9 +16,10 @@
 //
 // # What the guest sees
 //
-// The initrd is two concatenated cpio archives. The first, cached, gzip
-// archive holds a static busybox, /dev/console, the three kernel modules and
-// /init. The second, built for each run, holds the test binary and some files
+// The initrd is concatenated cpio archives. The first, cached, gzip archive
+// holds a static busybox, /dev/console, the three kernel modules and /init.
+// With CAPSULE_RIG_QEMU=1, a second cached gzip archive follows (see QEMU in
+// the guest). The last, built for each run, holds the test binary and some files
 // of the Go module at the same absolute paths as on the host, so that
 // relative paths in tests keep working: the regular files under
 // <module root>/testdata, <module root>/bin and <package dir>/testdata (files
@@ -35,6 +36,29 @@
 // do not use cgo are static; build with CGO_ENABLED=0 when a package imports
 // net or os/user.
 //
+// # QEMU in the guest
+//
+// CAPSULE_RIG_QEMU=1 adds the host's qemu-system-x86_64 to the guest, so
+// that a test (or a static busybox sh -c '...' run as the "test binary")
+// can boot its own guests on the nested kvm_amd with QEMU, for example to
+// compare boot times with capsule:
+//
+//	CAPSULE_RIG_QEMU=1 bin/kvmrig /bin/busybox sh -c 'qemu-system-x86_64 -version'
+//
+// QEMU goes to /usr/bin, where it finds its firmware (../share/qemu and
+// ../share/seabios), with the shared libraries ldd lists at the same paths
+// as on the host, the dynamic loader /lib64/ld-linux-x86-64.so.2 included,
+// and the firmware of -M microvm and -M pc:
+// /usr/share/qemu/{bios-microvm.bin,qboot.rom,linuxboot_dma.bin,
+// linuxboot.bin,pvh.bin,kvmvapic.bin} and /usr/share/seabios/bios-256k.bin
+// (copied through symlinks). QEMU's loadable modules are left out: TCG
+// (accel-tcg) and the display, audio and block modules are unavailable, and
+// -nodefaults avoids option ROMs (VGA, NIC) that are not there. The archive
+// is cached as <cache>/qemu-<hash>.cpio.gz, keyed by the qemu-system-x86
+// package version and the files' sizes and mtimes; it is about 35 MB and
+// adds about a second to the guest's boot. Only the test binary must be
+// static: QEMU brings its own C library.
+//
 // # Environment
 //
 // Run options come from the environment, because go test passes the test
@@ -46,6 +70,7 @@
 //	CAPSULE_RIG_MEM      guest memory, as for qemu -m (default 2G)
 //	CAPSULE_RIG_CPUS     guest vCPUs (default 2)
 //	CAPSULE_RIG_VERBOSE  1 shows the kernel log, QEMU warnings and timings
+//	CAPSULE_RIG_QEMU     1 adds qemu-system-x86_64 to the guest (above)
 //	CAPSULE_RIG_KERNEL   kernel package to use, e.g.
 //	                     linux-image-6.1.0-57-cloud-amd64 (default: resolved
 //	                     from linux-image-cloud-amd64 with apt-cache, and
@@ -55,7 +80,8 @@
 //
 // The kernel package is fetched with apt-get download and unpacked with
 // dpkg-deb -x, without installing it; only vmlinuz and the three modules are
-// kept, in <cache>/kernel/<package>_<version>. The base archive is kept as
+// kept, in <cache>/kernel/<package>_<version> (FetchKernel exports this, for
+// internal/images' stock kernel). The base archive is kept as
 // <cache>/base-<hash>.cpio.gz, keyed by a hash of its inputs. Both are built
 // under an flock on <cache>/lock and published by an atomic rename, so
 // several rigs (go test -p) can run at once. Per-run files live in a private

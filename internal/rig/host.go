@@ -38,6 +38,10 @@ func checkStatic(path, what string) error {
 	return nil
 }
 
+// StaticBusybox returns the path of a static busybox on the host, as
+// installed by Debian's busybox-static.
+func StaticBusybox() (string, error) { return staticBusybox() }
+
 // staticBusybox returns the path of a static busybox on the host.
 func staticBusybox() (string, error) {
 	var lastErr error

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/capsule-vm/capsule/internal/cpio"
 )
 
 // baseFormat changes whenever the layout of the base archive changes.
@@ -25,13 +27,17 @@ type Image struct {
 	// Kernel is the bzImage; Base is the gzip-compressed base cpio archive.
 	Kernel string
 	Base   string
+	// QEMU is the gzip-compressed archive of QEMU for the guest, or "" when
+	// Config.QEMU is off.
+	QEMU string
 	// KernelID names the kernel package and version the image comes from.
 	KernelID string
 }
 
 // Prepare returns the cached image for cfg, fetching the kernel and
-// building the base archive first if needed. Only the cache, kernel and
-// verbosity fields of cfg are used.
+// building the base archive (and the QEMU archive when cfg.QEMU is set)
+// first if needed. Only the cache, kernel, QEMU and verbosity fields of cfg
+// are used.
 func Prepare(ctx context.Context, cfg Config) (Image, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -59,23 +65,44 @@ func prepare(ctx context.Context, cfg Config, log *logger) (Image, error) {
 		Base:     filepath.Join(cfg.CacheDir, "base-"+key+".cpio.gz"),
 		KernelID: k.id,
 	}
-	if exists(img.Base) {
-		return img, nil
+	if err := buildBase(ctx, cfg, img.Base, inputs, log); err != nil {
+		return Image{}, err
+	}
+	if cfg.QEMU {
+		if img.QEMU, err = prepareQEMU(ctx, cfg, log); err != nil {
+			return Image{}, err
+		}
+	}
+	return img, nil
+}
+
+// archives returns the cached archives of the initrd, in order.
+func (img Image) archives() []string {
+	if img.QEMU != "" {
+		return []string{img.Base, img.QEMU}
+	}
+	return []string{img.Base}
+}
+
+// buildBase writes the base archive name unless it exists.
+func buildBase(ctx context.Context, cfg Config, name string, inputs []baseInput, log *logger) error {
+	if exists(name) {
+		return nil
 	}
 	unlock, err := lockCache(ctx, cfg.CacheDir)
 	if err != nil {
-		return Image{}, err
+		return err
 	}
 	defer unlock()
-	if exists(img.Base) {
-		return img, nil
+	if exists(name) {
+		return nil
 	}
-	err = writeFileAtomic(img.Base, func(f *os.File) error { return writeBase(f, inputs) })
+	err = writeFileAtomic(name, func(f *os.File) error { return writeBase(f, inputs) })
 	if err != nil {
-		return Image{}, fmt.Errorf("build base image: %w", err)
+		return fmt.Errorf("build base image: %w", err)
 	}
-	log.verbosef("built %s", img.Base)
-	return img, nil
+	log.verbosef("built %s", name)
+	return nil
 }
 
 // baseInput is one host file of the base archive.
@@ -125,7 +152,7 @@ func writeBase(w io.Writer, inputs []baseInput) error {
 	if err != nil {
 		return err
 	}
-	cw := newCPIOWriter(zw)
+	cw := cpio.NewWriter(zw)
 	dirs := []struct {
 		name string
 		perm os.FileMode
@@ -154,7 +181,7 @@ func writeBase(w io.Writer, inputs []baseInput) error {
 }
 
 // copyIntoArchive writes host file name as guest path with the given mode.
-func copyIntoArchive(cw *cpioWriter, guest, name string, mode os.FileMode) error {
+func copyIntoArchive(cw *cpio.Writer, guest, name string, mode os.FileMode) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return err

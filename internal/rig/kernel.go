@@ -37,6 +37,24 @@ type kernel struct {
 func (k kernel) vmlinuz() string           { return filepath.Join(k.dir, "vmlinuz") }
 func (k kernel) module(name string) string { return filepath.Join(k.dir, name+".ko") }
 
+// FetchKernel returns the kernel package the rig boots, unpacked in its
+// cache, fetching it first (apt-get download and dpkg-deb -x, without
+// installing it) if needed: dir is <cache>/kernel/<package>_<version> and
+// holds vmlinuz and the guest's modules, and id is <package>_<version>. The
+// package is cfg.Kernel, or the dependency of linux-image-cloud-amd64. Only
+// the cache, kernel, verbosity and Stderr fields of cfg are used.
+func FetchKernel(ctx context.Context, cfg Config) (dir, id string, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return "", "", err
+	}
+	k, err := ensureKernel(ctx, cfg, &logger{w: cfg.Stderr, verbose: cfg.Verbose})
+	if err != nil {
+		return "", "", err
+	}
+	return k.dir, k.id, nil
+}
+
 // ensureKernel returns the cached kernel, fetching it first if needed.
 func ensureKernel(ctx context.Context, cfg Config, log *logger) (kernel, error) {
 	kdir := filepath.Join(cfg.CacheDir, "kernel")

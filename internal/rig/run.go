@@ -81,7 +81,7 @@ func buildInitrd(name string, img Image, cfg Config, tag string) error {
 		return fmt.Errorf("create initrd: %w", err)
 	}
 	script := runScript(tag, cfg.Dir, cfg.Binary, cfg.Args, cfg.Env)
-	if err := writeInitrd(f, img.Base, cfg, script); err != nil {
+	if err := writeInitrd(f, img.archives(), cfg, script); err != nil {
 		f.Close()
 		return fmt.Errorf("build initrd: %w", err)
 	}

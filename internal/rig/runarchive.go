@@ -7,35 +7,52 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/capsule-vm/capsule/internal/cpio"
 )
 
-// writeInitrd writes the initrd of one run to w: the cached base archive,
-// zero padding to a multiple of 4 bytes (the kernel looks for an
-// uncompressed archive only there, and skips zeros between archives), and
-// the uncompressed per-run archive.
-func writeInitrd(w io.Writer, base string, cfg Config, script string) error {
-	f, err := os.Open(base)
+// writeInitrd writes the initrd of one run to w: the cached archives (the
+// base archive, then the QEMU one if any), each followed by zero padding to
+// a multiple of 4 bytes (the kernel looks for an uncompressed archive only
+// there, and skips zeros between archives), and the uncompressed per-run
+// archive.
+func writeInitrd(w io.Writer, archives []string, cfg Config, script string) error {
+	var off int64
+	for _, a := range archives {
+		n, err := copyArchive(w, a)
+		if err != nil {
+			return err
+		}
+		off += n
+		if pad := off % 4; pad != 0 {
+			if _, err := w.Write(make([]byte, 4-pad)); err != nil {
+				return fmt.Errorf("write initrd: %w", err)
+			}
+			off += 4 - pad
+		}
+	}
+	return writeRunArchive(w, cfg, script)
+}
+
+// copyArchive copies the cached archive name to w.
+func copyArchive(w io.Writer, name string) (int64, error) {
+	f, err := os.Open(name)
 	if err != nil {
-		return fmt.Errorf("open base image: %w", err)
+		return 0, fmt.Errorf("open cached archive: %w", err)
 	}
 	defer f.Close()
 	n, err := io.Copy(w, f)
 	if err != nil {
-		return fmt.Errorf("copy base image: %w", err)
+		return n, fmt.Errorf("copy %s: %w", name, err)
 	}
-	if pad := n % 4; pad != 0 {
-		if _, err := w.Write(make([]byte, 4-pad)); err != nil {
-			return fmt.Errorf("write initrd: %w", err)
-		}
-	}
-	return writeRunArchive(w, cfg, script)
+	return n, nil
 }
 
 // writeRunArchive writes the per-run archive: the test binary, the run
 // script, the working directory and the module files the test may need,
 // all at their host paths.
 func writeRunArchive(w io.Writer, cfg Config, script string) error {
-	a := &runArchive{cw: newCPIOWriter(w), seen: map[string]bool{}}
+	a := &runArchive{cw: cpio.NewWriter(w), seen: map[string]bool{}}
 	if err := a.file(cfg.Binary, true); err != nil {
 		return fmt.Errorf("add test binary: %w", err)
 	}
@@ -59,7 +76,7 @@ func writeRunArchive(w io.Writer, cfg Config, script string) error {
 // runArchive writes host paths into a cpio archive once each, parents
 // first.
 type runArchive struct {
-	cw   *cpioWriter
+	cw   *cpio.Writer
 	seen map[string]bool
 }
 

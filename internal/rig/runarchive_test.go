@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/capsule-vm/capsule/internal/cpio"
 )
 
 func TestRunArchive(t *testing.T) {
@@ -34,17 +36,21 @@ func TestRunArchive(t *testing.T) {
 	if err := writeRunArchive(&buf, cfg, "RIG_TAG=x\n"); err != nil {
 		t.Fatal(err)
 	}
-	entries := map[string]cpioEntry{}
+	list, err := cpio.ParseAll(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]cpio.Entry{}
 	seen := map[string]bool{}
-	for _, e := range readCPIO(t, buf.Bytes()) {
-		if seen["/"+e.name] {
-			t.Errorf("%s written twice", e.name)
+	for _, e := range list {
+		if seen["/"+e.Name] {
+			t.Errorf("%s written twice", e.Name)
 		}
-		if parent := filepath.Dir("/" + e.name); parent != "/" && !seen[parent] {
-			t.Errorf("%s written before its directory", e.name)
+		if parent := filepath.Dir("/" + e.Name); parent != "/" && !seen[parent] {
+			t.Errorf("%s written before its directory", e.Name)
 		}
-		seen["/"+e.name] = true
-		entries["/"+e.name] = e
+		seen["/"+e.Name] = true
+		entries["/"+e.Name] = e
 	}
 	files := map[string]struct {
 		data string
@@ -62,11 +68,11 @@ func TestRunArchive(t *testing.T) {
 			t.Errorf("%s missing", name)
 			continue
 		}
-		if string(e.data) != w.data || e.mode != w.mode {
-			t.Errorf("%s: %q mode %o, want %q mode %o", name, e.data, e.mode, w.data, w.mode)
+		if string(e.Data) != w.data || e.Mode != w.mode {
+			t.Errorf("%s: %q mode %o, want %q mode %o", name, e.Data, e.Mode, w.data, w.mode)
 		}
 	}
-	if e, ok := entries[cfg.Dir]; !ok || e.mode&cpioTypeMask != cpioTypeDir {
+	if e, ok := entries[cfg.Dir]; !ok || e.Type() != cpio.TypeDir {
 		t.Errorf("working directory %s missing", cfg.Dir)
 	}
 	for name := range entries {
@@ -87,12 +93,31 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeInitrd(&buf, base, Config{Binary: binary, Dir: dir}, ""); err != nil {
+	if err := writeInitrd(&buf, []string{base}, Config{Binary: binary, Dir: dir}, ""); err != nil {
 		t.Fatal(err)
 	}
 	b := buf.Bytes()
 	if string(b[:8]) != "12345\x00\x00\x00" {
 		t.Fatalf("initrd starts %q, want the base and 3 zero bytes", b[:8])
 	}
-	readCPIO(t, b[8:])
+	if _, err := cpio.ParseAll(b[8:]); err != nil {
+		t.Fatal(err)
+	}
+
+	// With a second cached archive (QEMU's), each one is padded.
+	qemu := filepath.Join(dir, "qemu")
+	if err := os.WriteFile(qemu, []byte("abcdef"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	buf.Reset()
+	if err := writeInitrd(&buf, []string{base, qemu}, Config{Binary: binary, Dir: dir}, ""); err != nil {
+		t.Fatal(err)
+	}
+	b = buf.Bytes()
+	if want := "12345\x00\x00\x00abcdef\x00\x00"; string(b[:16]) != want {
+		t.Fatalf("initrd starts %q, want %q", b[:16], want)
+	}
+	if _, err := cpio.ParseAll(b[16:]); err != nil {
+		t.Fatal(err)
+	}
 }
