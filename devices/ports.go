@@ -59,24 +59,58 @@ func (d *I8042) Write(offset uint64, data []byte) {
 	}
 }
 
-// PM1aControlPort is the ACPI PM1a control register QEMU's machines put at
-// 0x604; guests without ACPI tables (many Multiboot unikernels) write
-// SLP_EN there to power off.
+// ACPI PM1a registers as capsule's ACPI tables describe them: the event
+// block (status and enable, 4 bytes) at PMBase and the control register
+// right after it, at 0x604 as on QEMU's machines. Guests without ACPI
+// tables (many Multiboot unikernels) write SLP_EN to 0x604 to power off.
 const (
-	PM1aControlPort = 0x604
+	PMBase          = 0x600
+	PMPorts         = 6
+	PM1aControlPort = PMBase + 4
+	pm1SCIEnable    = 1 << 0
 	pm1SleepEnable  = 1 << 13
 )
 
-// PowerControl calls OnPowerOff when the guest sets SLP_EN in PM1a
-// control (a 16-bit write of 0x2000 is the usual S5 request).
+// PowerControl is the PM1a event and control block. PM1 status reads as
+// zero (no event ever fires the SCI); PM1 enable keeps what the guest
+// writes, as ACPI drivers check; PM1a control reads with SCI_EN set (the
+// machine is always in ACPI mode) and calls OnPowerOff when the guest sets
+// SLP_EN (a 16-bit write of 0x2000 is the usual S5 request).
 type PowerControl struct {
 	OnPowerOff func()
+
+	mu     sync.Mutex
+	enable [2]byte
 }
 
-func (d *PowerControl) Read(_ uint64, data []byte) { clear(data) }
+const (
+	pm1EnableOffset  = 2
+	pm1ControlOffset = PM1aControlPort - PMBase
+)
+
+func (d *PowerControl) Read(offset uint64, data []byte) {
+	clear(data)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range data {
+		switch off := offset + uint64(i); off {
+		case pm1EnableOffset, pm1EnableOffset + 1:
+			data[i] = d.enable[off-pm1EnableOffset]
+		case pm1ControlOffset:
+			data[i] = pm1SCIEnable
+		}
+	}
+}
 
 func (d *PowerControl) Write(offset uint64, data []byte) {
-	if offset != 0 || len(data) < 2 || d.OnPowerOff == nil {
+	d.mu.Lock()
+	for i, b := range data {
+		if off := offset + uint64(i); off == pm1EnableOffset || off == pm1EnableOffset+1 {
+			d.enable[off-pm1EnableOffset] = b
+		}
+	}
+	d.mu.Unlock()
+	if offset != pm1ControlOffset || len(data) < 2 || d.OnPowerOff == nil {
 		return
 	}
 	if (uint16(data[0])|uint16(data[1])<<8)&pm1SleepEnable != 0 {

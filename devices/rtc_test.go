@@ -53,13 +53,25 @@ func TestRTCReportsTheHostTimeInBCD(t *testing.T) {
 func TestPowerControlPowersOffOnSleepEnable(t *testing.T) {
 	off := 0
 	d := &PowerControl{OnPowerOff: func() { off++ }}
-	d.Write(0, []byte{0x00, 0x00})
-	d.Write(0, []byte{0x00}) // byte writes are not an S5 request
+	ctl := uint64(PM1aControlPort - PMBase)
+	d.Write(ctl, []byte{0x00, 0x00})
+	d.Write(ctl, []byte{0x00})     // byte writes are not an S5 request
+	d.Write(0, []byte{0x00, 0x20}) // the event block is not control
 	if off != 0 {
-		t.Fatal("powered off without SLP_EN")
+		t.Fatal("powered off without SLP_EN in PM1a control")
 	}
-	d.Write(0, []byte{0x00, 0x20})
+	b := []byte{0, 0}
+	d.Read(ctl, b)
+	if b[0]&pm1SCIEnable == 0 {
+		t.Fatal("PM1a control does not report SCI_EN")
+	}
+	d.Write(ctl, []byte{0x00, 0x20})
 	if off != 1 {
 		t.Fatal("SLP_EN did not power off")
+	}
+	d.Write(pm1EnableOffset, []byte{0x21, 0x01}) // GBL_EN, PWRBTN_EN, RTC_EN
+	d.Read(pm1EnableOffset, b)
+	if b[0] != 0x21 || b[1] != 0x01 {
+		t.Fatalf("PM1 enable reads back % x", b)
 	}
 }

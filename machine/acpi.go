@@ -7,15 +7,25 @@ import (
 
 // ACPI tables for kernels that describe CPUs and interrupt controllers only
 // through ACPI (Debian's cloud kernel is built without MP-table support).
-// capsule offers a hardware-reduced ACPI platform, as Firecracker does: an
-// RSDP, an XSDT, a FADT with the HW_REDUCED_ACPI flag and a reset register
-// (the i8042 reset, 0xfe on port 0x64), an empty DSDT, and a MADT listing
-// every vCPU's local APIC and the I/O APIC. The tables sit in the reserved
-// BIOS area, where a kernel scans for the RSDP.
+//
+// capsule describes a legacy PC rather than a hardware-reduced platform: a
+// hardware-reduced kernel drops the 8259 PIC and with it the ISA interrupt
+// numbers, so the serial port (IRQ 4) and the RTC (IRQ 8) could not request
+// their interrupts unless every device were also described in AML. The
+// tables are an RSDP, an XSDT, a FADT with the PM1a event and control
+// blocks at PMBase (SCI on IRQ 9, never raised) and the i8042 reset as its
+// reset register, a FACS, a DSDT holding only the \_S5 sleep package (so
+// that an ACPI power-off writes SLP_EN to PM1a control), and a MADT listing
+// every vCPU's local APIC and the I/O APIC. They sit in the reserved BIOS
+// area, where a kernel scans for the RSDP.
 const (
 	ACPIAddr = 0xe0000 // RSDP; the other tables follow it
 	acpiMax  = 0x10000
 
+	// PMBase is the PM1a event block (4 bytes); PM1a control follows
+	// (2 bytes), at 0x604 as on QEMU's machines.
+	PMBase         = 0x600
+	SCIIRQ         = 9
 	acpiOEMID      = "CAPSUL"
 	acpiOEMTableID = "MICROVM "
 	acpiCreatorID  = "CPSL"
@@ -26,6 +36,17 @@ const (
 const (
 	fadtSize           = 276
 	fadtDSDT           = 40
+	fadtSCIInt         = 46
+	fadtPM1aEvtBlk     = 56
+	fadtPM1aCntBlk     = 64
+	fadtPM1EvtLen      = 88
+	fadtPM1CntLen      = 89
+	fadtXFirmwareCtrl  = 132
+	fadtXPM1aEvtBlk    = 148
+	fadtXPM1aCntBlk    = 172
+	fadtFlagWBINVD     = 1 << 0
+	fadtFlagPowerBtn   = 1 << 4 // no fixed-feature power button
+	fadtFlagSleepBtn   = 1 << 5 // no fixed-feature sleep button
 	fadtIAPCBootArch   = 109
 	fadtFlags          = 112
 	fadtResetReg       = 116
@@ -34,7 +55,6 @@ const (
 	fadtXDSDT          = 140
 	fadtHypervisorID   = 268
 	fadtFlagResetReg   = 1 << 10
-	fadtFlagHWReduced  = 1 << 20
 	bootArchVGAAbsent  = 1 << 2 // no VGA; the 8042 bit (1) stays clear: no PS/2 ports to probe
 	gasSystemIO        = 1
 	gasAccessByte      = 1
@@ -58,6 +78,30 @@ func sdt(sig string, rev byte, body []byte) []byte {
 	return t
 }
 
+// dsdtAML is the DSDT body: Name (_S5, Package (2) {0, 0}), the sleep
+// type values for soft-off.
+var dsdtAML = []byte{0x08, '_', 'S', '5', '_', 0x12, 0x04, 0x02, 0x00, 0x00}
+
+const facsSize = 64
+
+func facs() []byte {
+	b := make([]byte, facsSize)
+	copy(b, "FACS")
+	binary.LittleEndian.PutUint32(b[4:], facsSize)
+	b[32] = 2 // version
+	return b
+}
+
+// gas encodes an ACPI generic address of a system I/O port block.
+func gas(b []byte, bits byte, port uint64) {
+	access := byte(1)
+	if bits >= 16 {
+		access = 2
+	}
+	b[0], b[1], b[2], b[3] = gasSystemIO, bits, 0, access
+	binary.LittleEndian.PutUint64(b[4:], port)
+}
+
 func madt(cpus int) []byte {
 	le := binary.LittleEndian
 	b := le.AppendUint32(nil, LAPICAddr)
@@ -71,18 +115,30 @@ func madt(cpus int) []byte {
 	b = append(b, 1, 12, byte(cpus), 0)
 	b = le.AppendUint32(b, IOAPICAddr)
 	b = le.AppendUint32(b, 0)
+	// The SCI: ISA IRQ 9 is GSI 9, level-triggered, active high (type 2,
+	// length 10, bus 0, source, GSI, flags).
+	b = append(b, 2, 10, 0, SCIIRQ)
+	b = le.AppendUint32(b, SCIIRQ)
+	b = le.AppendUint16(b, 0x0d)
 	// Local APIC NMI on LINT1 of every processor: type 4, length 6.
 	b = append(b, 4, 6, 0xff, 0, 0, 1)
 	return sdt("APIC", 5, b)
 }
 
-func fadt(dsdt uint64) []byte {
+func fadt(dsdt, facsAddr uint64) []byte {
 	le := binary.LittleEndian
 	b := make([]byte, fadtSize-sdtHeaderSize)
 	at := func(off int) []byte { return b[off-sdtHeaderSize:] }
+	le.PutUint64(at(fadtXFirmwareCtrl), facsAddr) // FIRMWARE_CTRL stays 0: only one may be set
 	le.PutUint32(at(fadtDSDT), uint32(dsdt))
+	le.PutUint16(at(fadtSCIInt), SCIIRQ)
+	le.PutUint32(at(fadtPM1aEvtBlk), PMBase)
+	le.PutUint32(at(fadtPM1aCntBlk), PMBase+4)
+	at(fadtPM1EvtLen)[0], at(fadtPM1CntLen)[0] = 4, 2
+	gas(at(fadtXPM1aEvtBlk), 32, PMBase)
+	gas(at(fadtXPM1aCntBlk), 16, PMBase+4)
 	le.PutUint16(at(fadtIAPCBootArch), bootArchVGAAbsent)
-	le.PutUint32(at(fadtFlags), fadtFlagHWReduced|fadtFlagResetReg)
+	le.PutUint32(at(fadtFlags), fadtFlagWBINVD|fadtFlagPowerBtn|fadtFlagSleepBtn|fadtFlagResetReg)
 	// RESET_REG: generic address of the i8042 command port.
 	copy(at(fadtResetReg), []byte{gasSystemIO, 8, 0, gasAccessByte})
 	le.PutUint64(at(fadtResetReg+4), 0x64)
@@ -103,9 +159,10 @@ func ACPITables(cpus int, base uint64) ([]byte, error) {
 	const rsdpSize = 36
 	align := func(n int) int { return (n + 15) &^ 15 }
 
-	dsdt := sdt("DSDT", 2, nil)
+	dsdt := sdt("DSDT", 2, dsdtAML)
 	madtT := madt(cpus)
-	xsdtOff := align(rsdpSize)
+	facsOff := 64 // the FACS must be 64-byte aligned
+	xsdtOff := align(facsOff + facsSize)
 	xsdtSize := sdtHeaderSize + 2*8
 	fadtOff := align(xsdtOff + xsdtSize)
 	madtOff := align(fadtOff + fadtSize)
@@ -115,7 +172,8 @@ func ACPITables(cpus int, base uint64) ([]byte, error) {
 		return nil, fmt.Errorf("ACPI tables for %d vCPUs are %d bytes, over %d", cpus, total, acpiMax)
 	}
 	out := make([]byte, total)
-	copy(out[fadtOff:], fadt(base+uint64(dsdtOff)))
+	copy(out[facsOff:], facs())
+	copy(out[fadtOff:], fadt(base+uint64(dsdtOff), base+uint64(facsOff)))
 	copy(out[madtOff:], madtT)
 	copy(out[dsdtOff:], dsdt)
 	xsdt := sdt("XSDT", 1, le.AppendUint64(le.AppendUint64(nil, base+uint64(fadtOff)), base+uint64(madtOff)))

@@ -39,10 +39,13 @@ func TestACPITablesAreWellFormed(t *testing.T) {
 		if f == nil || m == nil {
 			t.Fatalf("XSDT lists %v, want FACP and APIC", sigs)
 		}
-		if len(f) != fadtSize || le.Uint32(f[fadtFlags:])&fadtFlagHWReduced == 0 {
-			t.Fatal("FADT is not hardware-reduced")
+		if len(f) != fadtSize || le.Uint32(f[fadtPM1aCntBlk:]) != PMBase+4 || le.Uint16(f[fadtSCIInt:]) != SCIIRQ {
+			t.Fatal("FADT lacks the PM1a control block or the SCI")
 		}
-		if d := table(le.Uint64(f[fadtXDSDT:])); string(d[:4]) != "DSDT" {
+		if fc := le.Uint64(f[fadtXFirmwareCtrl:]); fc%64 != 0 || string(b[fc-base:fc-base+4]) != "FACS" {
+			t.Fatalf("FACS at %#x", fc)
+		}
+		if d := table(le.Uint64(f[fadtXDSDT:])); string(d[:4]) != "DSDT" || string(d[36:]) != string(dsdtAML) {
 			t.Fatalf("X_DSDT points at %q", d[:4])
 		}
 		if le.Uint64(f[fadtResetReg+4:]) != 0x64 || f[fadtResetValue] != 0xfe {

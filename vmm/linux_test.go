@@ -70,7 +70,8 @@ func bootLinux(t *testing.T, ctx context.Context, cfg Config, waitFor string, th
 		t.Fatalf("Run: %v\nconsole:\n%s", err, con.String())
 	}
 	t.Logf("%s on %s: %s in %v (first KVM_RUN %v, boot marker %v)", vm.Info().Format, kvmtest.Where(), res.Reason, time.Since(start).Round(time.Millisecond), res.FirstRun, res.Boot)
-	return res, con.String()
+	// The kernel's serial console ends lines with CRLF.
+	return res, strings.ReplaceAll(con.String(), "\r", "")
 }
 
 func TestLinuxBootsToInit(t *testing.T) {

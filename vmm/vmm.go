@@ -254,7 +254,7 @@ func (v *VM) addDevices() error {
 		{devices.ExitPort, 1, &devices.ExitDevice{OnExit: func(s byte) { v.stop(Result{Reason: ReasonExitPort, Status: int(s)}) }}},
 		{devices.BootMarkerPort, 1, &devices.BootMarker{OnBoot: v.markBoot}},
 		{devices.RTCPort, devices.RTCPorts, devices.NewRTC(nil)},
-		{devices.PM1aControlPort, 2, &devices.PowerControl{OnPowerOff: func() { v.stop(Result{Reason: ReasonPowerOff}) }}},
+		{devices.PMBase, devices.PMPorts, &devices.PowerControl{OnPowerOff: func() { v.stop(Result{Reason: ReasonPowerOff}) }}},
 	} {
 		if err := v.pio.insert(d.base, d.size, d.dev); err != nil {
 			return err
