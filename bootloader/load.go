@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/capsule-vm/capsule/machine"
 )
@@ -75,7 +74,9 @@ const pageSize = 4096
 // are all valid and fit. Errors are one line, start with "kernel PATH:"
 // or "initrd PATH:", and wrap one of the package's sentinel errors.
 func Load(mem *machine.GuestMemory, cfg Config) (Entry, Info, error) {
-	p, err := prepare(mem, cfg)
+	var maps mappings
+	defer maps.release()
+	p, err := prepare(mem, cfg, &maps)
 	if err != nil {
 		return Entry{}, Info{}, err
 	}
@@ -89,19 +90,19 @@ func Load(mem *machine.GuestMemory, cfg Config) (Entry, Info, error) {
 }
 
 // prepare reads and validates everything and returns what to write.
-func prepare(mem *machine.GuestMemory, cfg Config) (*plan, error) {
+func prepare(mem *machine.GuestMemory, cfg Config, maps *mappings) (*plan, error) {
 	if mem == nil {
 		return nil, kernelErr(cfg, errors.New("no guest memory"))
 	}
 	if cfg.CPUs < 1 {
 		return nil, kernelErr(cfg, fmt.Errorf("vCPU count %d is not positive", cfg.CPUs))
 	}
-	data, err := readImage(cfg.Kernel, mem.Size(), ErrNotKernel)
+	data, err := readImage(cfg.Kernel, mem.Size(), ErrNotKernel, maps)
 	if err != nil {
 		return nil, kernelErr(cfg, err)
 	}
 
-	return prepareImage(mem, data, cfg, func() (*initrdFile, error) { return readInitrd(mem, cfg.Initrd) })
+	return prepareImage(mem, data, cfg, func() (*initrdFile, error) { return readInitrd(mem, cfg.Initrd, maps) })
 }
 
 // prepareImage recognises the kernel image in data and lays it out;
@@ -194,11 +195,11 @@ type initrdFile struct {
 }
 
 // readInitrd reads the initrd at path, if path is not empty.
-func readInitrd(mem *machine.GuestMemory, path string) (*initrdFile, error) {
+func readInitrd(mem *machine.GuestMemory, path string, maps *mappings) (*initrdFile, error) {
 	if path == "" {
 		return nil, nil
 	}
-	data, err := readImage(path, mem.Size(), ErrBadInitrd)
+	data, err := readImage(path, mem.Size(), ErrBadInitrd, maps)
 	if err != nil {
 		return nil, fmt.Errorf("initrd %s: %w", path, err)
 	}
@@ -402,7 +403,7 @@ var initrdMagics = []struct {
 // otherwise surface only as a kernel panic deep in the boot.
 func checkLinuxInitrd(data []byte) error {
 	for _, m := range initrdMagics {
-		if strings.HasPrefix(string(data), m.magic) {
+		if len(data) >= len(m.magic) && string(data[:len(m.magic)]) == m.magic {
 			return nil
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"os"
 	"strings"
@@ -73,7 +73,9 @@ func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus i
 	if err := checkCmdline(cmdline); err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
-	data, err := readImage(path, mem.Size(), ErrNotELF)
+	var maps mappings
+	defer maps.release()
+	data, err := readImage(path, mem.Size(), ErrNotELF, &maps)
 	if err != nil {
 		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
 	}
@@ -109,9 +111,12 @@ func checkCmdline(cmdline string) error {
 	return nil
 }
 
-// readImage reads a regular file of at most limit bytes. A directory or
-// other non-regular file is an error wrapping notRegular.
-func readImage(path string, limit uint64, notRegular error) ([]byte, error) {
+// readImage maps a regular file of at most limit bytes read-only into
+// memory and records the mapping in maps, whose release unmaps it. Mapping
+// instead of reading spares a copy and leaves no file-sized garbage in the
+// heap. A directory or other non-regular file is an error wrapping
+// notRegular.
+func readImage(path string, limit uint64, notRegular error, maps *mappings) ([]byte, error) {
 	// Stat before opening: opening a FIFO would block.
 	if st, err := os.Stat(path); err != nil {
 		return nil, openError(err)
@@ -134,18 +139,29 @@ func readImage(path string, limit uint64, notRegular error) ([]byte, error) {
 		return nil, fmt.Errorf("%w: not a regular file (%s)", notRegular, st.Mode().Type())
 	case st.Size() < 0 || uint64(st.Size()) > limit:
 		return nil, tooLarge(uint64(st.Size()), limit)
+	case st.Size() == 0:
+		return []byte{}, nil
 	}
-	// Read into one buffer of the file's size, with a spare byte to notice
-	// a file that grew since Stat.
-	buf := make([]byte, st.Size()+1)
-	n, err := io.ReadFull(f, buf)
-	switch {
-	case err == nil:
-		return nil, tooLarge(uint64(st.Size())+1, limit) // grew past its size
-	case err != io.ErrUnexpectedEOF && err != io.EOF:
-		return nil, fmt.Errorf("read: %w", unwrapPath(err))
+	data, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("map: %w", err)
 	}
-	return buf[:n], nil
+	maps.add(data)
+	return data, nil
+}
+
+// mappings are file mappings to unmap once an image has been loaded. A
+// file truncated while mapped faults on access; capsule reads images it
+// was just given, before the guest runs, so that window is small.
+type mappings struct{ m [][]byte }
+
+func (m *mappings) add(b []byte) { m.m = append(m.m, b) }
+
+func (m *mappings) release() {
+	for _, b := range m.m {
+		unix.Munmap(b)
+	}
+	m.m = nil
 }
 
 func tooLarge(size, limit uint64) error {

@@ -154,3 +154,16 @@ func TestResidentCountsTouchedPagesOnly(t *testing.T) {
 		t.Fatalf("resident after touching 1 MiB = %d", after)
 	}
 }
+
+func TestGuestRAMIsHugePageAligned(t *testing.T) {
+	m, err := NewGuestMemory(MMIOGapStart + 6*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, r := range m.Regions() {
+		if a := hostAddr(r.host); a%hugePage != 0 {
+			t.Errorf("region at %#x mapped at host %#x, not 2 MiB aligned", r.GPA, a)
+		}
+	}
+}

@@ -18,3 +18,37 @@ func mincore(b, vec []byte) error {
 	}
 	return nil
 }
+
+// hostAddr is the host virtual address of b's first byte.
+func hostAddr(b []byte) uint64 {
+	return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+}
+
+// mapAligned maps size bytes of anonymous, lazily allocated memory whose
+// start is a multiple of align: it maps align bytes more and unmaps the
+// slack at both ends. Release the result with unmap.
+func mapAligned(size, align uint64) ([]byte, error) {
+	total := uintptr(size + align)
+	p, err := unix.MmapPtr(-1, 0, nil, total, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, err
+	}
+	head := uintptr((align - uint64(uintptr(p))%align) % align)
+	start := unsafe.Add(p, head)
+	if head > 0 {
+		unix.MunmapPtr(p, head)
+	}
+	if tail := total - head - uintptr(size); tail > 0 {
+		unix.MunmapPtr(unsafe.Add(start, size), tail)
+	}
+	return unsafe.Slice((*byte)(start), size), nil
+}
+
+// unmap releases memory from mapAligned.
+func unmap(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	return unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b)), uintptr(len(b)))
+}

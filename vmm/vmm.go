@@ -204,6 +204,7 @@ func (v *VM) create() error {
 		return err
 	}
 	v.sys = sys
+	v.mark("/dev/kvm opened")
 	if max := sys.MaxVCPUs(); v.cfg.CPUs > max {
 		return fmt.Errorf("--cpus %d: this host's KVM allows at most %d vCPUs", v.cfg.CPUs, max)
 	}
@@ -229,6 +230,7 @@ func (v *VM) create() error {
 	}); err != nil {
 		return fmt.Errorf("--memory %d: %w", v.cfg.MemoryMiB, err)
 	}
+	v.mark("VM with irqchip, PIT and memory created")
 	if err := v.addDevices(); err != nil {
 		return err
 	}
@@ -268,6 +270,7 @@ func (v *VM) createVCPUs() error {
 	if err != nil {
 		return err
 	}
+	v.mark("supported CPUID read")
 	cpuid := machine.CPUIDConfig{CPUs: v.cfg.CPUs, TSCDeadline: v.sys.CheckExtension(kvm.CapTSCDeadline) > 0}
 	for id := range v.cfg.CPUs {
 		c, err := v.vm.CreateVCPU(id)
