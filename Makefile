@@ -2,8 +2,11 @@ SHELL := /bin/bash
 # capsule — build, demo and tests. Run as root on Debian (deps uses apt-get).
 #
 #   make            build bin/capsule, bin/kvmrig and the test guests
-#   make demo       install what is missing, build, boot the hello unikernel
+#   make demo       install what is missing, build, boot Debian's stock Linux kernel
+#                   with the test initramfs (through the nested rig without hardware KVM)
 #   make test       install what is missing, build, run every test (host + rig)
+#   make images     fetch/build the Linux guest images into testdata/images (cached)
+#   make bench      boot-time benchmark against QEMU, in the rig
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -11,14 +14,19 @@ export CGO_ENABLED = 0
 GOFLAGS_BUILD = -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 
 # Debian packages: gcc/binutils for the test guests, qemu/busybox/cpio for
-# the nested real-KVM rig, apt's download for its kernel.
-DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-certificates
+# the nested real-KVM rig and the initramfs, linux-source and its build
+# tools for the minimal guest kernel.
+DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-certificates \
+	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils
 # Packages of the rig/e2e tests run inside the nested guest.
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule
 
 GUESTS = $(patsubst %.S,%.elf,$(wildcard testdata/guests/*.S))
 
-.PHONY: all deps demo test test-host test-rig fuzz vet clean
+IMG = testdata/images
+LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
+
+.PHONY: all deps demo test test-host test-rig fuzz vet clean images demo-images bench
 
 all: bin/capsule bin/kvmrig $(GUESTS)
 
@@ -40,15 +48,40 @@ deps:
 	fi
 	@command -v $(GO) >/dev/null || { echo "deps: Go 1.26 is required (PATH has no go)" >&2; exit 1; }
 
-# demo boots the hello unikernel; on a host without hardware KVM it goes
-# through the nested rig (a TCG guest with real kvm_amd).
-demo: deps all
+# Guest images, cached under ~/.cache/capsule/images (the minimal kernel
+# takes a few minutes to build the first time).
+images: deps
+	$(GO) run ./internal/cmd/images all
+
+demo-images: deps
+	$(GO) run ./internal/cmd/images stock-kernel
+	$(GO) run ./internal/cmd/images initramfs
+
+# demo boots Debian's stock cloud kernel with the busybox initramfs; on a
+# host without hardware KVM it goes through the nested rig (a TCG guest
+# with real kvm_amd).
+DEMO_RUN = run --kernel $(CURDIR)/$(IMG)/stock.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
+	--cmdline '$(LINUX_CMDLINE) capsule.exit=0' --timeout 120s
+demo: deps all demo-images
 	@if bin/capsule probe | grep -q '^kvm: hardware'; then \
-		bin/capsule run --kernel testdata/guests/hello.elf --cmdline 'demo exit=0'; \
+		bin/capsule $(DEMO_RUN); \
 	else \
 		bin/capsule probe | head -1; \
-		echo "demo: no hardware KVM here; booting through the nested rig (first run fetches its kernel)"; \
-		bin/kvmrig $(CURDIR)/bin/capsule run --kernel $(CURDIR)/testdata/guests/hello.elf --cmdline 'demo exit=0'; \
+		echo "demo: no hardware KVM here; booting through the nested rig"; \
+		bin/kvmrig $(CURDIR)/bin/capsule $(DEMO_RUN); \
+	fi
+
+# bench: capsule against QEMU's fastest configuration, same kernel, same
+# run; in the rig (which then carries QEMU) when KVM is not hardware.
+BENCH_KERNEL ?= $(IMG)/minimal.vmlinux
+BENCH_RUNS ?= 10
+BENCH_ARGS = bench --kernel $(CURDIR)/$(BENCH_KERNEL) --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
+	--runs $(BENCH_RUNS) --against qemu
+bench: deps all images
+	@if bin/capsule probe | grep -q '^kvm: hardware'; then \
+		bin/capsule $(BENCH_ARGS); \
+	else \
+		CAPSULE_RIG_QEMU=1 bin/kvmrig $(CURDIR)/bin/capsule $(BENCH_ARGS); \
 	fi
 
 test: deps all vet test-host test-rig fuzz
@@ -59,17 +92,19 @@ vet:
 
 # Every package on this host: tests that need KVM skip here when /dev/kvm is
 # missing, and run for real in test-rig.
-test-host: all
+test-host: all images
 	$(GO) test -count=1 ./...
 
 # The KVM packages again, inside the nested rig, where skipping is an error.
-test-rig: all
+test-rig: all images
 	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(RIG_PKGS)
 
 fuzz:
-	$(GO) test -run=NONE -fuzz=FuzzParseELF -fuzztime=15s ./bootloader
+	for f in FuzzParseELF FuzzParseBzImage FuzzFindPVHEntry FuzzParseMultiboot FuzzLoadImage; do \
+		$(GO) test -run=NONE -fuzz=^$$f$$ -fuzztime=10s ./bootloader || exit 1; \
+	done
 
 clean:
-	rm -rf bin $(GUESTS)
+	rm -rf bin $(GUESTS) $(IMG)
 
 FORCE:

@@ -242,7 +242,7 @@ func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
 		"-smp", strconv.Itoa(c.cpus), "-m", strconv.Itoa(c.memory) + "M",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", c.qemuKernel, "-append", c.cmdline,
-		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
 		"-trace", "enable=kvm_vcpu_ioctl", "-msg", "timestamp=on"}
 	if c.initrd != "" {
 		args = append(args, "-initrd", c.initrd)

@@ -50,7 +50,7 @@ Environment:
   CAPSULE_RIG_VERBOSE  1: show the kernel log, QEMU warnings and timings
   CAPSULE_RIG_QEMU     1: add the host's qemu-system-x86_64 to the guest at
                        /usr/bin, with its libraries and the microvm/pc
-                       firmware (a cached ~35 MB archive, ~1 s more boot), so
+                       firmware (a cached ~19 MB archive, ~1 s more boot), so
                        the test can run its own KVM guests with QEMU, e.g.
                        CAPSULE_RIG_QEMU=1 kvmrig /bin/busybox sh -c \
                          'qemu-system-x86_64 -version'

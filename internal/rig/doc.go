@@ -55,9 +55,9 @@
 // (accel-tcg) and the display, audio and block modules are unavailable, and
 // -nodefaults avoids option ROMs (VGA, NIC) that are not there. The archive
 // is cached as <cache>/qemu-<hash>.cpio.gz, keyed by the qemu-system-x86
-// package version and the files' sizes and mtimes; it is about 35 MB and
-// adds about a second to the guest's boot. Only the test binary must be
-// static: QEMU brings its own C library.
+// package version and the files' sizes and mtimes; it is about 19 MB (50 MB
+// unpacked) and adds about a second to the guest's boot. Only the test
+// binary must be static: QEMU brings its own C library.
 //
 // # Environment
 //
