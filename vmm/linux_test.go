@@ -3,7 +3,6 @@ package vmm
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,18 +12,9 @@ import (
 	"github.com/capsule-vm/capsule/internal/kvmtest"
 )
 
-// image returns a guest image built by make images, skipping (failing in
-// the rig) when it is missing.
+// image returns a guest image built by make images.
 func image(t *testing.T, name string) string {
-	t.Helper()
-	p := "../testdata/images/" + name
-	if _, err := os.Stat(p); err != nil {
-		if kvmtest.Required() {
-			t.Fatalf("%s missing: %v", p, err)
-		}
-		t.Skipf("%s not built: run make images", p)
-	}
-	return p
+	return kvmtest.File(t, "../testdata/images/"+name, "images")
 }
 
 // watchedConsole records console output and signals when a line appears.

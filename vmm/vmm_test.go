@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,18 +13,9 @@ import (
 	"github.com/capsule-vm/capsule/internal/kvmtest"
 )
 
-// guest returns the path of a test guest built by make, skipping (or, in
-// the rig, failing) when it has not been built.
+// guest returns a test guest built by make.
 func guest(t *testing.T, name string) string {
-	t.Helper()
-	p := "../testdata/guests/" + name + ".elf"
-	if _, err := os.Stat(p); err != nil {
-		if kvmtest.Required() {
-			t.Fatalf("%s missing: %v", p, err)
-		}
-		t.Skipf("%s not built: run make", p)
-	}
-	return p
+	return kvmtest.File(t, "../testdata/guests/"+name+".elf", "all")
 }
 
 // syncBuffer is a console that tests can read while the VM writes.

@@ -15,18 +15,7 @@ import (
 
 // image returns a guest image built by make images.
 func image(t *testing.T, name string) string {
-	t.Helper()
-	p, err := filepath.Abs("../../testdata/images/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		if kvmtest.Required() {
-			t.Fatalf("%s missing", p)
-		}
-		t.Skipf("%s not built: run make images", p)
-	}
-	return p
+	return kvmtest.File(t, "../../testdata/images/"+name, "images")
 }
 
 func TestBadLinuxInputsAreClearErrors(t *testing.T) {

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -71,18 +69,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 
 // binary returns bin/capsule as built by make.
 func binary(t *testing.T) string {
-	t.Helper()
-	p, err := filepath.Abs("../../bin/capsule")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		if kvmtest.Required() {
-			t.Fatalf("%s missing", p)
-		}
-		t.Skipf("%s not built: run make", p)
-	}
-	return p
+	return kvmtest.File(t, "../../bin/capsule", "bin/capsule")
 }
 
 func exitStatus(t *testing.T, err error) int {

@@ -6,6 +6,7 @@ package kvmtest
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/capsule-vm/capsule/kvm"
@@ -55,4 +56,22 @@ func OpenHardware(t testing.TB) *kvm.System {
 		t.Skipf("needs hardware KVM: /dev/kvm is %s (make test-rig runs this test on nested kvm_amd)", h.Kind)
 	}
 	return s
+}
+
+// File returns the absolute path of a file a test needs that the Makefile
+// builds (a guest image, bin/capsule). When it is missing the test skips,
+// naming the make target, or fails in the rig.
+func File(t testing.TB, path, makeTarget string) string {
+	t.Helper()
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		if Required() {
+			t.Fatalf("%s missing: %v", abs, err)
+		}
+		t.Skipf("%s not built: run make %s", path, makeTarget)
+	}
+	return abs
 }
