@@ -96,8 +96,11 @@ type VM struct {
 }
 
 // New validates cfg, loads the kernel into fresh guest memory and sets up
-// the VM. Errors name the flag or file at fault. Everything a user can get
-// wrong is checked before /dev/kvm is opened.
+// the VM. Errors name the flag or file at fault. The flags are checked
+// before anything else; the kernel and initrd are then loaded while KVM
+// is set up in parallel (the copy into guest RAM is the longest step of
+// start-up), and a loader error is returned in preference to any KVM one,
+// so a bad file gives the same error on a host without KVM.
 func New(cfg Config) (*VM, error) {
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultCPUs
@@ -123,14 +126,23 @@ func New(cfg Config) (*VM, error) {
 	}
 	v := &VM{cfg: cfg, mem: mem}
 	v.mark("guest memory mapped")
-	if err := v.load(); err != nil {
+	loaded := make(chan error, 1)
+	go func() {
+		err := v.load()
+		v.mark("kernel loaded")
+		loaded <- err
+	}()
+	createErr := v.create()
+	if err := <-loaded; err != nil {
 		v.Close()
 		return nil, err
 	}
-	v.mark("kernel loaded")
-	if err := v.create(); err != nil {
+	if createErr == nil {
+		createErr = v.setBootState()
+	}
+	if createErr != nil {
 		v.Close()
-		return nil, err
+		return nil, createErr
 	}
 	v.mark("VM and vCPUs created")
 	return v, nil
@@ -142,10 +154,20 @@ type Phase struct {
 	At   time.Duration
 }
 
-func (v *VM) mark(name string) { v.phases = append(v.phases, Phase{name, proc.Since()}) }
+func (v *VM) mark(name string) {
+	t := proc.Since()
+	v.mu.Lock()
+	v.phases = append(v.phases, Phase{name, t})
+	v.mu.Unlock()
+}
 
-// Phases lists the start-up steps New took, for diagnosing slow starts.
-func (v *VM) Phases() []Phase { return v.phases }
+// Phases lists the start-up steps New took, in the order they ended, for
+// diagnosing slow starts. Loading and KVM set-up overlap.
+func (v *VM) Phases() []Phase {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]Phase(nil), v.phases...)
+}
 
 func (v *VM) load() error {
 	entry, info, err := bootloader.Load(v.mem, bootloader.Config{
@@ -299,8 +321,13 @@ func (v *VM) createVCPUs() error {
 			return err
 		}
 	}
-	// The boot vCPU starts at the kernel's entry; the others wait for
-	// INIT/SIPI in the in-kernel local APIC, as on hardware.
+	return nil
+}
+
+// setBootState puts the boot vCPU at the kernel's entry, once the loader
+// has said where that is; the others wait for INIT/SIPI in the in-kernel
+// local APIC, as on hardware.
+func (v *VM) setBootState() error {
 	boot := v.vcpus[0]
 	s, err := boot.Sregs()
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -73,7 +72,7 @@ func TestLinuxGuestStatuses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"run", "--kernel", kernel, "--initrd", initrd, "--cmdline", tc.cmdline}, tc.extra...)
-			cmd := exec.Command(bin, args...)
+			cmd := capsuleCmd(t, bin, args...)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
@@ -89,7 +88,7 @@ func TestLinuxGuestStatuses(t *testing.T) {
 
 func TestSIGTERMStopsALinuxGuest(t *testing.T) {
 	kvmtest.OpenHardware(t)
-	cmd := exec.Command(binary(t), "run", "--kernel", image(t, "minimal.vmlinux"), "--initrd", image(t, "initramfs.cpio.gz"),
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.vmlinux"), "--initrd", image(t, "initramfs.cpio.gz"),
 		"--cpus", "2", "--cmdline", "console=ttyS0 quiet panic=-1 capsule.action=spin")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

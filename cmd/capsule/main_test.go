@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/capsule-vm/capsule/internal/kvmtest"
 )
@@ -72,6 +74,19 @@ func binary(t *testing.T) string {
 	return kvmtest.File(t, "../../bin/capsule", "bin/capsule")
 }
 
+// capsuleCmd runs bin with args, bounded in time: a capsule that hangs is
+// sent SIGQUIT, so that the Go runtime prints where each goroutine stood,
+// and the test fails with that dump instead of hanging.
+func capsuleCmd(t *testing.T, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 10 * time.Second
+	return cmd
+}
+
 func exitStatus(t *testing.T, err error) int {
 	t.Helper()
 	var ee *exec.ExitError
@@ -85,7 +100,7 @@ func exitStatus(t *testing.T, err error) int {
 }
 
 func TestProbeNamesTheKind(t *testing.T) {
-	out, err := exec.Command(binary(t), "probe").Output()
+	out, err := capsuleCmd(t, binary(t), "probe").Output()
 	status := exitStatus(t, err)
 	first := strings.SplitN(string(out), "\n", 2)[0]
 	if !strings.HasPrefix(first, "kvm: ") {
@@ -102,7 +117,7 @@ func TestProbeNamesTheKind(t *testing.T) {
 
 func TestRunHelloExitsWithGuestStatus(t *testing.T) {
 	kvmtest.Open(t)
-	cmd := exec.Command(binary(t), "run", "--kernel", "../../testdata/guests/hello.elf", "--cmdline", "exit=3")
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", "../../testdata/guests/hello.elf", "--cmdline", "exit=3")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -132,7 +147,7 @@ func TestRunStatuses(t *testing.T) {
 		{"i8042 reset exits 0", []string{"--kernel", "../../testdata/guests/reboot.elf"}, 0, "(reset)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(bin, append([]string{"run"}, tc.args...)...)
+			cmd := capsuleCmd(t, bin, append([]string{"run"}, tc.args...)...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			err := cmd.Run()
@@ -145,7 +160,7 @@ func TestRunStatuses(t *testing.T) {
 
 func TestSIGTERMStopsTheVMAndLeavesNothing(t *testing.T) {
 	kvmtest.Open(t)
-	cmd := exec.Command(binary(t), "run", "--kernel", "../../testdata/guests/spin.elf", "--cpus", "2")
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", "../../testdata/guests/spin.elf", "--cpus", "2")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

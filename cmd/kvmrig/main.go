@@ -46,7 +46,7 @@ Environment:
                        or ~/.cache/capsule/rig)
   CAPSULE_RIG_TIMEOUT  limit for one run, a Go duration (default 15m)
   CAPSULE_RIG_MEM      guest memory, as for qemu -m (default 2G)
-  CAPSULE_RIG_CPUS     guest vCPUs (default 2)
+  CAPSULE_RIG_CPUS     guest vCPUs (default 1: two can freeze TCG's nested SVM)
   CAPSULE_RIG_VERBOSE  1: show the kernel log, QEMU warnings and timings
   CAPSULE_RIG_QEMU     1: add the host's qemu-system-x86_64 to the guest at
                        /usr/bin, with its libraries and the microvm/pc

@@ -40,7 +40,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.CacheDir != "/xdg/capsule/rig" || cfg.Timeout != DefaultTimeout || cfg.Mem != "2G" || cfg.CPUs != 2 {
+	if cfg.CacheDir != "/xdg/capsule/rig" || cfg.Timeout != DefaultTimeout || cfg.Mem != "2G" || cfg.CPUs != 1 {
 		t.Errorf("defaults %+v", cfg)
 	}
 	if !strings.HasPrefix(cfg.Binary, "/") {

@@ -68,7 +68,7 @@
 //	                     or ~/.cache/capsule/rig)
 //	CAPSULE_RIG_TIMEOUT  limit for one run, as a Go duration (default 15m)
 //	CAPSULE_RIG_MEM      guest memory, as for qemu -m (default 2G)
-//	CAPSULE_RIG_CPUS     guest vCPUs (default 2)
+//	CAPSULE_RIG_CPUS     guest vCPUs (default 1: two can freeze TCG's nested SVM)
 //	CAPSULE_RIG_VERBOSE  1 shows the kernel log, QEMU warnings and timings
 //	CAPSULE_RIG_QEMU     1 adds qemu-system-x86_64 to the guest (above)
 //	CAPSULE_RIG_KERNEL   kernel package to use, e.g.
