@@ -237,19 +237,27 @@ func qemuFirstRun(trace []byte) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
+// qemuArgs is QEMU's command line for a direct kernel boot in the
+// configuration under test, with isa-debug-exit on the exit port.
+func qemuArgs(c benchConfig) []string {
 	args := []string{"-accel", "kvm", "-M", c.qemuMachine, "-cpu", "host",
 		"-smp", strconv.Itoa(c.cpus), "-m", strconv.Itoa(c.memory) + "M",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", c.qemuKernel, "-append", c.cmdline,
-		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
-		"-trace", "enable=kvm_vcpu_ioctl", "-msg", "timestamp=on"}
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"}
 	if c.initrd != "" {
 		args = append(args, "-initrd", c.initrd)
 	}
+	return args
+}
+
+// benchQEMU boots QEMU once untraced for (c) and its RSS, then once with
+// the kvm_vcpu_ioctl trace for (a), stopped at its first KVM_RUN: tracing
+// every ioctl of a whole boot would slow QEMU down and skew (c).
+func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.qemu, args...)
+	cmd := exec.CommandContext(ctx, c.qemu, qemuArgs(c)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -273,10 +281,42 @@ func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
 		return sample{}, fmt.Errorf("no %q line on QEMU's console (%v; stderr %q; last lines %q)", c.marker, waitErr, lastBytes(stderr.Bytes(), 400), tail)
 	}
 	s := sample{Init: init, RSS: rss}
-	if t, ok := qemuFirstRun(stderr.Bytes()); ok {
-		s.FirstRun = t.Sub(start)
+	s.FirstRun, err = qemuTimeToFirstRun(ctx, c)
+	return s, err
+}
+
+// qemuTimeToFirstRun starts QEMU with the kvm_vcpu_ioctl trace and returns
+// the time from its start to its first KVM_RUN, then kills it.
+func qemuTimeToFirstRun(ctx context.Context, c benchConfig) (time.Duration, error) {
+	args := append(qemuArgs(c), "-trace", "enable=kvm_vcpu_ioctl", "-msg", "timestamp=on")
+	cmd := exec.CommandContext(ctx, c.qemu, args...)
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		return 0, err
 	}
-	return s, nil
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	var first time.Time
+	var lines []byte
+	sc := bufio.NewScanner(errPipe)
+	for sc.Scan() {
+		if t, ok := qemuFirstRun(sc.Bytes()); ok {
+			first = t
+			break
+		}
+		if len(lines) < 2000 {
+			lines = append(append(lines, sc.Bytes()...), '\n')
+		}
+	}
+	cmd.Process.Kill()
+	go io.Copy(io.Discard, errPipe) // let Wait finish
+	cmd.Wait()
+	if first.IsZero() {
+		return 0, fmt.Errorf("QEMU printed no KVM_RUN trace (is its trace backend \"log\"?): %q", lines)
+	}
+	return first.Sub(start), nil
 }
 
 func lastBytes(b []byte, n int) string {
