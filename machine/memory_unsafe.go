@@ -1,6 +1,8 @@
 package machine
 
 import (
+	"fmt"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -51,4 +53,38 @@ func unmap(b []byte) error {
 		return nil
 	}
 	return unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b)), uintptr(len(b)))
+}
+
+// atomicWord returns the aligned 32-bit word of guest memory at gpa.
+func (m *GuestMemory) atomicWord(gpa uint64) (*uint32, error) {
+	if gpa%4 != 0 {
+		return nil, fmt.Errorf("guest address %#x: not 4-byte aligned for an atomic access", gpa)
+	}
+	s, err := m.Slice(gpa, 4)
+	if err != nil {
+		return nil, err
+	}
+	return (*uint32)(unsafe.Pointer(unsafe.SliceData(s))), nil
+}
+
+// LoadUint32Atomic reads the aligned 32-bit word at gpa with an atomic load,
+// ordered against the guest's stores as virtqueue indices need.
+func (m *GuestMemory) LoadUint32Atomic(gpa uint64) (uint32, error) {
+	w, err := m.atomicWord(gpa)
+	if err != nil {
+		return 0, err
+	}
+	return atomic.LoadUint32(w), nil
+}
+
+// StoreUint32Atomic writes the aligned 32-bit word at gpa with an atomic
+// store: every earlier write to guest memory is visible to the guest
+// before it.
+func (m *GuestMemory) StoreUint32Atomic(gpa uint64, v uint32) error {
+	w, err := m.atomicWord(gpa)
+	if err != nil {
+		return err
+	}
+	atomic.StoreUint32(w, v)
+	return nil
 }

@@ -1,0 +1,213 @@
+package virtio
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/capsule-vm/capsule/machine"
+)
+
+// Descriptor flags (virtio 1.2, 2.7.5).
+const (
+	DescFlagNext     = 1
+	DescFlagWrite    = 2
+	DescFlagIndirect = 4
+
+	descSize     = 16
+	usedElemSize = 8
+)
+
+// ErrBadQueue is wrapped by every error about a queue's layout or a corrupt
+// ring: the device should set NEEDS_RESET.
+var ErrBadQueue = errors.New("virtqueue invalid")
+
+// ErrBadChain is wrapped by errors about one descriptor chain: that
+// request fails, the queue goes on.
+var ErrBadChain = errors.New("descriptor chain invalid")
+
+// Queue is the device's view of one split virtqueue.
+type Queue struct {
+	MaxSize  uint16 // the most entries the device accepts
+	Size     uint16 // set by the driver, a power of two ≤ MaxSize
+	Desc     uint64 // guest-physical address of the descriptor table
+	Avail    uint64 // of the available (driver) ring
+	Used     uint64 // of the used (device) ring
+	Indirect bool   // VIRTIO_F_INDIRECT_DESC was negotiated
+
+	nextAvail uint16
+	nextUsed  uint16
+}
+
+// Buffer is one guest buffer of a chain.
+type Buffer struct {
+	Addr uint64
+	Len  uint32
+}
+
+// Chain is a descriptor chain popped from the available ring: the buffers
+// the device reads, then those it writes.
+type Chain struct {
+	Head     uint16
+	Readable []Buffer
+	Writable []Buffer
+}
+
+// Validate checks the queue's layout against the specification and guest
+// RAM; call it when the driver sets DRIVER_OK.
+func (q *Queue) Validate(mem *machine.GuestMemory) error {
+	n := uint64(q.Size)
+	switch {
+	case q.Size == 0 || q.Size&(q.Size-1) != 0:
+		return fmt.Errorf("%w: size %d is not a power of two", ErrBadQueue, q.Size)
+	case q.Size > q.MaxSize:
+		return fmt.Errorf("%w: size %d above the device's maximum %d", ErrBadQueue, q.Size, q.MaxSize)
+	case q.Desc%16 != 0 || q.Avail%2 != 0 || q.Used%4 != 0:
+		return fmt.Errorf("%w: rings misaligned (descriptors %#x, avail %#x, used %#x)", ErrBadQueue, q.Desc, q.Avail, q.Used)
+	}
+	for _, r := range []struct {
+		name string
+		addr uint64
+		size uint64
+	}{
+		{"descriptor table", q.Desc, descSize * n},
+		{"available ring", q.Avail, 6 + 2*n},
+		{"used ring", q.Used, 6 + usedElemSize*n},
+	} {
+		if !mem.Contains(r.addr, r.size) {
+			return fmt.Errorf("%w: %s at %#x (%d bytes) is not inside guest RAM", ErrBadQueue, r.name, r.addr, r.size)
+		}
+	}
+	return nil
+}
+
+// Pop takes the next chain the driver made available. ok is false when
+// there is none. An error wrapping ErrBadQueue means the ring itself is
+// corrupt; one wrapping ErrBadChain concerns that chain only, which is
+// consumed (Chain.Head is set) so that the device can complete it with an
+// error status.
+func (q *Queue) Pop(mem *machine.GuestMemory) (c Chain, ok bool, err error) {
+	word, err := mem.LoadUint32Atomic(q.Avail) // flags | idx<<16, ordered
+	if err != nil {
+		return Chain{}, false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
+	}
+	availIdx := uint16(word >> 16)
+	pending := availIdx - q.nextAvail
+	if pending == 0 {
+		return Chain{}, false, nil
+	}
+	if pending > q.Size {
+		return Chain{}, false, fmt.Errorf("%w: available index %d is %d ahead of the device, more than the queue size %d", ErrBadQueue, availIdx, pending, q.Size)
+	}
+	head, err := mem.Uint16(q.Avail + 4 + 2*uint64(q.nextAvail%q.Size))
+	if err != nil {
+		return Chain{}, false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
+	}
+	q.nextAvail++
+	c.Head = head
+	if err := q.walk(mem, &c); err != nil {
+		return c, true, err
+	}
+	return c, true, nil
+}
+
+type desc struct {
+	addr  uint64
+	len   uint32
+	flags uint16
+	next  uint16
+}
+
+func readDesc(mem *machine.GuestMemory, table uint64, i uint16) (desc, error) {
+	var b [descSize]byte
+	if err := mem.ReadAt(b[:], table+descSize*uint64(i)); err != nil {
+		return desc{}, err
+	}
+	le := func(o, n int) uint64 {
+		var v uint64
+		for k := n - 1; k >= 0; k-- {
+			v = v<<8 | uint64(b[o+k])
+		}
+		return v
+	}
+	return desc{addr: le(0, 8), len: uint32(le(8, 4)), flags: uint16(le(12, 2)), next: uint16(le(14, 2))}, nil
+}
+
+// walk follows the chain at c.Head, filling c's buffers.
+func (q *Queue) walk(mem *machine.GuestMemory, c *Chain) error {
+	table, size := q.Desc, q.Size
+	i := c.Head
+	indirect := false
+	for count := 0; ; count++ {
+		if i >= size {
+			return fmt.Errorf("%w: descriptor index %d outside a table of %d", ErrBadChain, i, size)
+		}
+		if count >= int(size) {
+			return fmt.Errorf("%w: more than %d descriptors (a loop?)", ErrBadChain, size)
+		}
+		d, err := readDesc(mem, table, i)
+		if err != nil {
+			return fmt.Errorf("%w: descriptor %d: %w", ErrBadChain, i, err)
+		}
+		if d.flags&DescFlagIndirect != 0 {
+			switch {
+			case !q.Indirect:
+				return fmt.Errorf("%w: indirect descriptor without VIRTIO_F_INDIRECT_DESC", ErrBadChain)
+			case indirect:
+				return fmt.Errorf("%w: indirect descriptor inside an indirect table", ErrBadChain)
+			case d.flags&DescFlagNext != 0:
+				return fmt.Errorf("%w: indirect descriptor with NEXT set", ErrBadChain)
+			case d.len == 0 || d.len%descSize != 0 || d.len/descSize > 1<<16:
+				return fmt.Errorf("%w: indirect table of %d bytes", ErrBadChain, d.len)
+			case !mem.Contains(d.addr, uint64(d.len)):
+				return fmt.Errorf("%w: indirect table at %#x (%d bytes) outside guest RAM", ErrBadChain, d.addr, d.len)
+			}
+			if len(c.Readable)+len(c.Writable) > 0 {
+				return fmt.Errorf("%w: indirect descriptor after direct ones", ErrBadChain)
+			}
+			table, size, i, indirect, count = d.addr, uint16(min(d.len/descSize, 1<<16-1)), 0, true, -1
+			continue
+		}
+		if !mem.Contains(d.addr, uint64(d.len)) {
+			return fmt.Errorf("%w: buffer at %#x (%d bytes) outside guest RAM", ErrBadChain, d.addr, d.len)
+		}
+		b := Buffer{Addr: d.addr, Len: d.len}
+		if d.flags&DescFlagWrite != 0 {
+			c.Writable = append(c.Writable, b)
+		} else if len(c.Writable) > 0 {
+			return fmt.Errorf("%w: device-readable buffer after a device-writable one", ErrBadChain)
+		} else {
+			c.Readable = append(c.Readable, b)
+		}
+		if d.flags&DescFlagNext == 0 {
+			return nil
+		}
+		i = d.next
+	}
+}
+
+// Push returns chain head to the driver with written bytes written into
+// its device-writable buffers, and publishes the new used index after the
+// element (an atomic store orders the two).
+func (q *Queue) Push(mem *machine.GuestMemory, head uint16, written uint32) error {
+	elem := q.Used + 4 + usedElemSize*uint64(q.nextUsed%q.Size)
+	if err := mem.PutUint32(elem, uint32(head)); err != nil {
+		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)
+	}
+	if err := mem.PutUint32(elem+4, written); err != nil {
+		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)
+	}
+	q.nextUsed++
+	flags, err := mem.Uint16(q.Used)
+	if err != nil {
+		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)
+	}
+	if err := mem.StoreUint32Atomic(q.Used, uint32(flags)|uint32(q.nextUsed)<<16); err != nil {
+		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)
+	}
+	return nil
+}
+
+// Reset forgets the queue's configuration and position.
+func (q *Queue) Reset() {
+	*q = Queue{MaxSize: q.MaxSize}
+}
