@@ -106,6 +106,7 @@ fuzz:
 	for f in FuzzParseELF FuzzParseBzImage FuzzFindPVHEntry FuzzParseMultiboot FuzzLoadImage; do \
 		$(GO) test -run=NONE -fuzz=^$$f$$ -fuzztime=10s ./bootloader || exit 1; \
 	done
+	$(GO) test -run=NONE -fuzz=^FuzzPop$$ -fuzztime=10s ./virtio
 
 clean:
 	rm -rf bin $(GUESTS) $(IMG)
