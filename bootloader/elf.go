@@ -1,6 +1,7 @@
 package bootloader
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -161,15 +162,7 @@ func ParseELF(data []byte) (*ELFImage, error) {
 		return nil, fmt.Errorf("%w: no PT_LOAD segment", ErrUnsupported)
 	}
 
-	slices.SortStableFunc(img.Segments, func(a, b Segment) int {
-		switch {
-		case a.Addr < b.Addr:
-			return -1
-		case a.Addr > b.Addr:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(img.Segments, func(a, b Segment) int { return cmp.Compare(a.Addr, b.Addr) })
 	for i := 1; i < len(img.Segments); i++ {
 		p, s := img.Segments[i-1], img.Segments[i]
 		if s.Addr < p.End() {

@@ -1,6 +1,7 @@
 package bootloader
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -352,15 +353,7 @@ func (h *elfHeader) loadSegments(data []byte) ([]Segment, error) {
 	if len(segs) == 0 {
 		return nil, fmt.Errorf("%w: no PT_LOAD segment", ErrUnsupported)
 	}
-	slices.SortStableFunc(segs, func(a, b Segment) int {
-		switch {
-		case a.Addr < b.Addr:
-			return -1
-		case a.Addr > b.Addr:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(segs, func(a, b Segment) int { return cmp.Compare(a.Addr, b.Addr) })
 	for i := 1; i < len(segs); i++ {
 		p, s := segs[i-1], segs[i]
 		if s.Addr < p.End() {

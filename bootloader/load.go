@@ -1,6 +1,7 @@
 package bootloader
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -355,15 +356,7 @@ func (p *plan) check(mem *machine.GuestMemory) error {
 		}
 		spans = append(spans, span{w.addr, w.addr + n, fmt.Sprintf("[%#x, %#x)", w.addr, w.addr+n)})
 	}
-	slices.SortFunc(spans, func(a, b span) int {
-		switch {
-		case a.start < b.start:
-			return -1
-		case a.start > b.start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	for i := 1; i < len(spans); i++ {
 		if spans[i].start < spans[i-1].end {
 			return fmt.Errorf("%w: %s overlaps %s", ErrBadLayout, spans[i].what, spans[i-1].what)

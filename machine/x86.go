@@ -131,30 +131,29 @@ const (
 // SetupLongMode: flat segments, paging on, interrupts described by an empty
 // IDT (any exception before the guest loads its own triple-faults).
 func LongModeSregs(s *kvm.Sregs) {
-	code := kvm.Segment{Limit: 0xffffffff, Selector: CodeSelector, Type: 11, Present: 1, S: 1, L: 1, G: 1}
-	data := kvm.Segment{Limit: 0xffffffff, Selector: DataSelector, Type: 3, Present: 1, S: 1, DB: 1, G: 1}
-	s.CS = code
-	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = kvm.Segment{Limit: 0x67, Selector: TSSSelector, Type: 11, Present: 1}
-	s.GDT = kvm.DTable{Base: GDTAddr, Limit: uint16(8*len(gdt) - 1)}
-	s.IDT = kvm.DTable{}
+	flatSegments(s, kvm.Segment{Limit: 0xffffffff, Selector: CodeSelector, Type: 11, Present: 1, S: 1, L: 1, G: 1})
 	s.CR0 = CR0PE | CR0MP | CR0ET | CR0NE | CR0WP | CR0AM | CR0PG
 	s.CR3 = PML4Addr
 	s.CR4 = CR4PAE
 	s.EFER = EFERLME | EFERLMA
 }
 
-// ProtectedModeSregs puts s in 32-bit protected mode with paging off and
-// flat 4 GiB segments from the GDT of SetupGDT: the state PVH and Multiboot
-// kernels are entered in.
-func ProtectedModeSregs(s *kvm.Sregs) {
-	code := kvm.Segment{Limit: 0xffffffff, Selector: Code32Selector, Type: 11, Present: 1, S: 1, DB: 1, G: 1}
+// flatSegments loads code into CS, flat 4 GiB data segments into the
+// others, the boot TSS into TR and the boot GDT, with an empty IDT.
+func flatSegments(s *kvm.Sregs, code kvm.Segment) {
 	data := kvm.Segment{Limit: 0xffffffff, Selector: DataSelector, Type: 3, Present: 1, S: 1, DB: 1, G: 1}
 	s.CS = code
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
 	s.TR = kvm.Segment{Limit: 0x67, Selector: TSSSelector, Type: 11, Present: 1}
 	s.GDT = kvm.DTable{Base: GDTAddr, Limit: uint16(8*len(gdt) - 1)}
 	s.IDT = kvm.DTable{}
+}
+
+// ProtectedModeSregs puts s in 32-bit protected mode with paging off and
+// flat 4 GiB segments from the GDT of SetupGDT: the state PVH and Multiboot
+// kernels are entered in.
+func ProtectedModeSregs(s *kvm.Sregs) {
+	flatSegments(s, kvm.Segment{Limit: 0xffffffff, Selector: Code32Selector, Type: 11, Present: 1, S: 1, DB: 1, G: 1})
 	s.CR0 = CR0PE | CR0ET
 	s.CR3, s.CR4, s.EFER = 0, 0, 0
 }
