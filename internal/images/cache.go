@@ -5,13 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
+	"github.com/capsule-vm/capsule/internal/rig"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
-	"time"
 )
 
 // EnvCache overrides the cache directory.
@@ -107,36 +105,13 @@ func complete(dir string, files []string) bool {
 	return true
 }
 
-// lock takes the exclusive flock on <cache>/<target>.lock, polling so that
-// ctx can end the wait, and says so when it has to wait. The returned
-// function releases it.
+// lock takes the exclusive flock on <cache>/<target>.lock and says so
+// when it has to wait. The returned function releases it.
 func (b *builder) lock(ctx context.Context, target string) (func(), error) {
 	name := filepath.Join(b.cache, target+".lock")
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open cache lock: %w", err)
-	}
-	waited := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", name, err)
-		}
-		if !waited {
-			b.logf("%s: waiting for %s (another build of this target is running)", target, name)
-			waited = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for %s: %w", name, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return rig.LockFile(ctx, name, func() {
+		b.logf("%s: waiting for %s (another build of this target is running)", target, name)
+	})
 }
 
 // install copies src to dst through a temporary file in dst's directory

@@ -10,18 +10,24 @@ import (
 	"time"
 )
 
-// lockCache takes the exclusive flock on <dir>/lock, polling so that ctx
-// can end the wait. The returned function releases it.
+// lockCache takes the exclusive flock on <dir>/lock; see LockFile.
 func lockCache(ctx context.Context, dir string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cache directory: %w", err)
 	}
-	name := filepath.Join(dir, "lock")
+	return LockFile(ctx, filepath.Join(dir, "lock"), nil)
+}
+
+// LockFile takes an exclusive flock on the file name (created if need be),
+// polling so that ctx can end the wait; onWait, if not nil, is called once
+// when the lock is busy. The returned function releases the lock. The rig
+// and the guest-image builder share it for their caches.
+func LockFile(ctx context.Context, name string, onWait func()) (func(), error) {
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open cache lock: %w", err)
 	}
-	for {
+	for waited := false; ; {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
 			return func() { f.Close() }, nil
@@ -30,6 +36,10 @@ func lockCache(ctx context.Context, dir string) (func(), error) {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", name, err)
 		}
+		if !waited && onWait != nil {
+			onWait()
+		}
+		waited = true
 		select {
 		case <-ctx.Done():
 			f.Close()
