@@ -33,6 +33,9 @@ say up
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# The heartbeat on the second serial port tells the rig that the guest still
+# runs (see freeze.go).
+( while :; do echo; sleep 5; done ) >/dev/ttyS1 2>/dev/null &
 # The per-run archive may have put the test binary under /tmp; the rootfs
 # is a tmpfs already, so only mount one on an empty /tmp.
 [ -n "$(ls -A /tmp)" ] || mount -t tmpfs -o mode=1777 tmpfs /tmp

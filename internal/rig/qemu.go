@@ -25,7 +25,8 @@ const powerOffGrace = 10 * time.Second
 const tcgWarning = "TCG doesn't support requested feature"
 
 // qemuArgs returns the arguments of the L1 guest's QEMU.
-func qemuArgs(cfg Config, kernel, initrd string) []string {
+// heartbeat is the file that receives the guest's second serial port.
+func qemuArgs(cfg Config, kernel, initrd, heartbeat string) []string {
 	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1" // loglevel=1: no kvm_amd chatter (unhandled MSRs) among test output
 	if cfg.Verbose {
 		cmdline = "console=ttyS0 panic=-1"
@@ -34,7 +35,7 @@ func qemuArgs(cfg Config, kernel, initrd string) []string {
 		"-accel", "tcg", "-M", "q35", "-cpu", "EPYC",
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", cfg.Mem,
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-serial", "stdio", "-no-reboot",
+		"-serial", "stdio", "-serial", "file:" + heartbeat, "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 	}
 }
@@ -42,8 +43,9 @@ func qemuArgs(cfg Config, kernel, initrd string) []string {
 // runQEMU runs QEMU in its own process group, with stdin from /dev/null,
 // feeding its serial output to con and passing its stderr on (less the TCG
 // warnings unless verbose). Ending ctx kills the whole group. It returns
-// once QEMU has exited and both pipes are drained.
-func runQEMU(ctx context.Context, qemu string, args []string, con *console, stderr io.Writer, verbose bool) error {
+// once QEMU has exited and both pipes are drained. A non-nil wd watches the
+// guest's heartbeat and kills a frozen guest; the error is then *errFrozen.
+func runQEMU(ctx context.Context, qemu string, args []string, con *console, stderr io.Writer, verbose bool, wd *watchdog) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu, args...)
@@ -63,6 +65,11 @@ func runQEMU(ctx context.Context, qemu string, args []string, con *console, stde
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { copyStderr(errPipe, stderr, verbose) })
+	wdCtx, wdStop := context.WithCancel(ctx)
+	defer wdStop()
+	if wd != nil {
+		wg.Go(func() { wd.watch(wdCtx, cmd.Process.Pid, cancel) })
+	}
 	var grace *time.Timer
 	readLines(stdout, func(line string) {
 		con.line(line, time.Now())
@@ -70,11 +77,16 @@ func runQEMU(ctx context.Context, qemu string, args []string, con *console, stde
 			grace = time.AfterFunc(powerOffGrace, cancel)
 		}
 	})
+	// QEMU closed its stdout: it is exiting, or was killed.
+	wdStop()
 	wg.Wait()
 	if grace != nil {
 		grace.Stop()
 	}
 	err = cmd.Wait()
+	if f := wd.froze(); f != nil && con.phase != phaseDone {
+		return f
+	}
 	if err != nil && con.phase != phaseDone {
 		return fmt.Errorf("qemu: %w", err)
 	}

@@ -13,9 +13,15 @@ import (
 // fakeQEMU runs script with /bin/sh in place of QEMU.
 func fakeQEMU(ctx context.Context, t *testing.T, script string, verbose bool) (*console, string, string, error) {
 	t.Helper()
+	return fakeQEMUWatched(ctx, t, script, verbose, nil)
+}
+
+// fakeQEMUWatched is fakeQEMU with a watchdog.
+func fakeQEMUWatched(ctx context.Context, t *testing.T, script string, verbose bool, wd *watchdog) (*console, string, string, error) {
+	t.Helper()
 	var stdout, stderr strings.Builder
 	con := newConsole(testTag, &stdout, verbose)
-	err := runQEMU(ctx, "/bin/sh", []string{"-c", script}, con, &stderr, verbose)
+	err := runQEMU(ctx, "/bin/sh", []string{"-c", script}, con, &stderr, verbose, wd)
 	return con, stdout.String(), stderr.String(), err
 }
 

@@ -48,15 +48,27 @@ func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
 	if err := buildInitrd(initrd, img, cfg, tag); err != nil {
 		return 1, err
 	}
-	t := timings{start: start, qemu: time.Now()}
-	con := newConsole(tag, cfg.Stdout, cfg.Verbose)
-	qerr := runQEMU(runCtx, qemu, qemuArgs(cfg, img.Kernel, initrd), con, cfg.Stderr, cfg.Verbose)
-	t.end = time.Now()
-	if !con.exited() {
+	for attempt := 1; ; attempt++ {
+		t := timings{start: start, qemu: time.Now()}
+		con := newConsole(tag, cfg.Stdout, cfg.Verbose)
+		heartbeat := filepath.Join(tmp, fmt.Sprintf("heartbeat-%d", attempt))
+		wd := newWatchdog(heartbeat)
+		qerr := runQEMU(runCtx, qemu, qemuArgs(cfg, img.Kernel, initrd, heartbeat), con, cfg.Stderr, cfg.Verbose, wd)
+		t.end = time.Now()
+		if con.exited() {
+			t.report(log, cfg, con, img)
+			return con.exitCode, nil
+		}
+		var frozen *errFrozen
+		if errors.As(qerr, &frozen) && attempt < maxAttempts && runCtx.Err() == nil {
+			// The test's output so far has been passed on; say loudly
+			// that what follows is a second run of the same test.
+			log.always("%v; running %s again in a fresh guest (attempt %d of %d)",
+				frozen, filepath.Base(cfg.Binary), attempt+1, maxAttempts)
+			continue
+		}
 		return 1, failure(ctx, runCtx, cfg, con, qerr)
 	}
-	t.report(log, cfg, con, img)
-	return con.exitCode, nil
 }
 
 // checkBinary checks that the test binary can run in the guest.
