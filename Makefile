@@ -107,6 +107,7 @@ fuzz:
 		$(GO) test -run=NONE -fuzz=^$$f$$ -fuzztime=10s ./bootloader || exit 1; \
 	done
 	$(GO) test -run=NONE -fuzz=^FuzzPop$$ -fuzztime=10s ./virtio
+	$(GO) test -run=NONE -fuzz=^FuzzRequest$$ -fuzztime=10s ./virtio/blk
 
 clean:
 	rm -rf bin $(GUESTS) $(IMG)

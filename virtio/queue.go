@@ -33,6 +33,7 @@ type Queue struct {
 	Avail    uint64 // of the available (driver) ring
 	Used     uint64 // of the used (device) ring
 	Indirect bool   // VIRTIO_F_INDIRECT_DESC was negotiated
+	Ready    bool   // the driver enabled the queue
 
 	nextAvail uint16
 	nextUsed  uint16
@@ -205,6 +206,17 @@ func (q *Queue) Push(mem *machine.GuestMemory, head uint16, written uint32) erro
 		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)
 	}
 	return nil
+}
+
+// availNoInterrupt is VIRTQ_AVAIL_F_NO_INTERRUPT.
+const availNoInterrupt = 1
+
+// WantsInterrupt reports whether the driver wants an interrupt for used
+// buffers (it did not set VIRTQ_AVAIL_F_NO_INTERRUPT). A ring that cannot
+// be read counts as wanting one.
+func (q *Queue) WantsInterrupt(mem *machine.GuestMemory) bool {
+	flags, err := mem.Uint16(q.Avail)
+	return err != nil || flags&availNoInterrupt == 0
 }
 
 // Reset forgets the queue's configuration and position.

@@ -1,0 +1,279 @@
+// Package blk is capsule's virtio-blk device: a disk image file (or block
+// device) as a virtio 1.2 block device with read, write, flush and get-id.
+//
+// A writable image is locked with an open file description lock
+// (F_OFD_SETLK, write lock) and a read-only one with a read lock, so two
+// VMs never write the same image and none reads an image another writes.
+// Requests are checked before any I/O: a sector range past the end, a data
+// length that is not a whole number of sectors, a write to a read-only
+// disk or a malformed chain fail that request with VIRTIO_BLK_S_IOERR and
+// touch neither the file nor guest memory outside the request's buffers.
+package blk
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capsule-vm/capsule/virtio"
+)
+
+// Feature bits (virtio 1.2, 5.2.3).
+const (
+	FeatureSegMax = 1 << 2
+	FeatureRO     = 1 << 5
+	FeatureFlush  = 1 << 9
+)
+
+// Request types and status values (virtio 1.2, 5.2.6).
+const (
+	TypeIn    = 0
+	TypeOut   = 1
+	TypeFlush = 4
+	TypeGetID = 8
+
+	StatusOK     = 0
+	StatusIOErr  = 1
+	StatusUnsupp = 2
+
+	// SectorSize is the unit of the request header's sector field.
+	SectorSize = 512
+	// HeaderSize is the size of the request header.
+	HeaderSize = 16
+	// IDLen is the length of the GET_ID answer.
+	IDLen = 20
+	// QueueSize is the size of the device's one queue.
+	QueueSize = 256
+)
+
+// Device is one virtio-blk disk.
+type Device struct {
+	path     string
+	file     *os.File
+	readOnly bool
+	capacity uint64 // bytes, a multiple of SectorSize
+	id       [IDLen]byte
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Open opens the image at path and locks it. The image's size is rounded
+// down to whole sectors.
+func Open(path string, readOnly bool) (*Device, error) {
+	flag, lock, how := os.O_RDWR, int16(unix.F_WRLCK), "read-write"
+	if readOnly {
+		flag, lock, how = os.O_RDONLY, unix.F_RDLCK, "read-only"
+	}
+	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+	}
+	fl := unix.Flock_t{Type: lock, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("disk %s is in use: another process holds a lock on it, so it cannot be opened %s", path, how)
+		}
+		return nil, fmt.Errorf("disk %s: lock: %w", path, err)
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: size: %w", path, err)
+	}
+	if size < SectorSize {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: %d bytes, smaller than one %d-byte sector", path, size, SectorSize)
+	}
+	d := &Device{path: path, file: f, readOnly: readOnly, capacity: uint64(size) &^ (SectorSize - 1)}
+	copy(d.id[:], filepath.Base(path))
+	return d, nil
+}
+
+// unwrapPath drops the *os.PathError wrapper, whose path the caller names.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// Path is the image's path.
+func (d *Device) Path() string { return d.path }
+
+// ReadOnly reports whether the disk refuses writes.
+func (d *Device) ReadOnly() bool { return d.readOnly }
+
+// Capacity is the disk's size in bytes.
+func (d *Device) Capacity() uint64 { return d.capacity }
+
+// Close flushes a writable image to stable storage and closes it, which
+// drops the lock. Reset the device first.
+func (d *Device) Close() error {
+	var err error
+	if !d.readOnly {
+		if e := unix.Fdatasync(int(d.file.Fd())); e != nil {
+			err = fmt.Errorf("disk %s: flush: %w", d.path, e)
+		}
+	}
+	if e := d.file.Close(); e != nil && err == nil {
+		err = fmt.Errorf("disk %s: %w", d.path, e)
+	}
+	return err
+}
+
+// Type implements virtio.Device.
+func (d *Device) Type() virtio.Type { return virtio.TypeBlock }
+
+// Features implements virtio.Device.
+func (d *Device) Features() uint64 {
+	f := uint64(FeatureSegMax | FeatureFlush)
+	if d.readOnly {
+		f |= FeatureRO
+	}
+	return f
+}
+
+// QueueMaxSizes implements virtio.Device.
+func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize} }
+
+// ReadConfig implements virtio.Device: capacity in sectors at 0, size_max
+// at 8 (unused), seg_max at 12.
+func (d *Device) ReadConfig(off uint64, p []byte) {
+	var cfg [16]byte
+	binary.LittleEndian.PutUint64(cfg[0:], d.capacity/SectorSize)
+	binary.LittleEndian.PutUint32(cfg[12:], QueueSize-2)
+	clear(p)
+	if off < uint64(len(cfg)) {
+		copy(p, cfg[off:])
+	}
+}
+
+// WriteConfig implements virtio.Device; the configuration is read-only.
+func (d *Device) WriteConfig(uint64, []byte) {}
+
+// Activate implements virtio.Device.
+func (d *Device) Activate(a virtio.Activation) error {
+	if !a.Queues[0].Ready {
+		return errors.New("request queue not enabled")
+	}
+	d.stop = make(chan struct{})
+	d.wg.Go(func() {
+		virtio.Serve(a, 0, d.stop, func(c virtio.Chain, chainErr error) uint32 {
+			return d.Handle(a, c, chainErr)
+		})
+	})
+	return nil
+}
+
+// Reset implements virtio.Device.
+func (d *Device) Reset() {
+	if d.stop != nil {
+		close(d.stop)
+		d.wg.Wait()
+		d.stop = nil
+	}
+}
+
+// Handle serves one request and returns the bytes written into the chain.
+func (d *Device) Handle(a virtio.Activation, c virtio.Chain, chainErr error) uint32 {
+	// The status is the last byte the device writes.
+	wlen := virtio.Len(c.Writable)
+	if wlen == 0 || wlen > 1<<32-1 {
+		return 0 // nowhere to put a status
+	}
+	data, statusBuf := virtio.Split(c.Writable, wlen-1)
+	status, n := d.serve(a, c, data, chainErr)
+	if _, err := virtio.Scatter(a.Mem, statusBuf, []byte{status}); err != nil {
+		return 0
+	}
+	return n + 1
+}
+
+// serve performs the request; n is the number of data bytes written.
+func (d *Device) serve(a virtio.Activation, c virtio.Chain, data []virtio.Buffer, chainErr error) (status byte, n uint32) {
+	if chainErr != nil {
+		return StatusIOErr, 0
+	}
+	var hdr [HeaderSize]byte
+	if k, err := virtio.Gather(a.Mem, c.Readable, hdr[:]); err != nil || k < HeaderSize {
+		return StatusIOErr, 0
+	}
+	typ := binary.LittleEndian.Uint32(hdr[0:])
+	sector := binary.LittleEndian.Uint64(hdr[8:])
+	switch typ {
+	case TypeIn:
+		length := virtio.Len(data)
+		off, ok := d.span(sector, length)
+		if !ok {
+			return StatusIOErr, 0
+		}
+		if err := d.transfer(a, data, off, false); err != nil {
+			return StatusIOErr, 0
+		}
+		return StatusOK, uint32(length)
+	case TypeOut:
+		_, payload := virtio.Split(c.Readable, HeaderSize)
+		off, ok := d.span(sector, virtio.Len(payload))
+		if !ok || d.readOnly {
+			return StatusIOErr, 0
+		}
+		if err := d.transfer(a, payload, off, true); err != nil {
+			return StatusIOErr, 0
+		}
+		return StatusOK, 0
+	case TypeFlush:
+		if d.readOnly {
+			return StatusOK, 0
+		}
+		if err := unix.Fdatasync(int(d.file.Fd())); err != nil {
+			return StatusIOErr, 0
+		}
+		return StatusOK, 0
+	case TypeGetID:
+		k, err := virtio.Scatter(a.Mem, data, d.id[:])
+		if err != nil {
+			return StatusIOErr, 0
+		}
+		return StatusOK, uint32(k)
+	}
+	return StatusUnsupp, 0
+}
+
+// span checks that length bytes from sector are whole sectors inside the
+// disk and returns their byte offset.
+func (d *Device) span(sector, length uint64) (uint64, bool) {
+	if length%SectorSize != 0 || sector > d.capacity/SectorSize {
+		return 0, false
+	}
+	off := sector * SectorSize
+	return off, length <= d.capacity-off
+}
+
+// transfer reads the file into bufs (or writes bufs to it) from byte off.
+func (d *Device) transfer(a virtio.Activation, bufs []virtio.Buffer, off uint64, write bool) error {
+	for _, b := range bufs {
+		s, err := a.Mem.Slice(b.Addr, uint64(b.Len))
+		if err != nil {
+			return err
+		}
+		if write {
+			_, err = d.file.WriteAt(s, int64(off))
+		} else {
+			_, err = d.file.ReadAt(s, int64(off))
+		}
+		if err != nil {
+			return err
+		}
+		off += uint64(b.Len)
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package virtio
+
+import "github.com/capsule-vm/capsule/machine"
+
+// Type is a virtio device ID (virtio 1.2, 5).
+type Type uint32
+
+// Device types capsule implements.
+const (
+	TypeNet   Type = 1
+	TypeBlock Type = 2
+	TypeRNG   Type = 4
+	TypeVsock Type = 19
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeNet:
+		return "virtio-net"
+	case TypeBlock:
+		return "virtio-blk"
+	case TypeRNG:
+		return "virtio-rng"
+	case TypeVsock:
+		return "virtio-vsock"
+	}
+	return "virtio-unknown"
+}
+
+// Feature bits that are not device-specific (virtio 1.2, 6).
+const (
+	FeatureIndirectDesc = 1 << 28
+	FeatureEventIdx     = 1 << 29
+	FeatureVersion1     = 1 << 32
+)
+
+// Device is what a virtio device implements; a [MMIO] transport drives it.
+// The transport calls ReadConfig, WriteConfig, Activate and Reset with its
+// own lock held, never concurrently.
+type Device interface {
+	Type() Type
+	// Features are the device-specific feature bits it offers; the
+	// transport adds FeatureVersion1 and FeatureIndirectDesc.
+	Features() uint64
+	// QueueMaxSizes gives each queue's maximum size, a power of two.
+	QueueMaxSizes() []uint16
+	// ReadConfig fills p from the device configuration space at off; bytes
+	// beyond its end read as zero. WriteConfig writes to it; the device
+	// ignores writes to read-only fields.
+	ReadConfig(off uint64, p []byte)
+	WriteConfig(off uint64, p []byte)
+	// Activate starts the device once the driver set DRIVER_OK and every
+	// queue was validated. It starts the device's goroutines and returns.
+	Activate(a Activation) error
+	// Reset stops the device's goroutines, waits for them and forgets the
+	// activation, so that it can be activated again.
+	Reset()
+}
+
+// Activation is what a device works with between Activate and Reset.
+type Activation struct {
+	Mem      *machine.GuestMemory
+	Features uint64 // negotiated
+	// Queues are the device's queues, in order; a queue the driver did not
+	// enable has Ready false.
+	Queues []*Queue
+	// Kicks receive a value when the driver notifies the queue of the same
+	// index (coalesced: one value may stand for many notifications).
+	Kicks []<-chan struct{}
+	// Interrupt tells the driver that used buffers are ready, unless it
+	// asked for no interrupts on q.
+	Interrupt func(q *Queue)
+	// Fail reports an error that leaves the device unusable until the
+	// driver resets it: the transport sets DEVICE_NEEDS_RESET.
+	Fail func(err error)
+}

@@ -1,0 +1,157 @@
+package virtio_test
+
+import (
+	"testing"
+
+	"github.com/capsule-vm/capsule/machine"
+	"github.com/capsule-vm/capsule/virtio"
+	"github.com/capsule-vm/capsule/virtio/rng"
+	"github.com/capsule-vm/capsule/virtio/virtiotest"
+)
+
+func newDriver(t *testing.T) *virtiotest.Driver {
+	mem, err := machine.NewGuestMemory(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	return virtiotest.New(t, mem, rng.New())
+}
+
+func TestMMIOIdentity(t *testing.T) {
+	d := newDriver(t)
+	for _, c := range []struct {
+		reg  uint64
+		want uint32
+	}{
+		{virtio.RegMagic, 0x74726976},
+		{virtio.RegVersion, 2},
+		{virtio.RegDeviceID, uint32(virtio.TypeRNG)},
+		{virtio.RegVendorID, virtio.VendorID},
+		{virtio.RegStatus, 0},
+	} {
+		if got := d.Read(c.reg); got != c.want {
+			t.Errorf("register %#x = %#x, want %#x", c.reg, got, c.want)
+		}
+	}
+	d.Write(virtio.RegDeviceFeaturesSel, 1)
+	if d.Read(virtio.RegDeviceFeatures)&1 == 0 {
+		t.Error("VIRTIO_F_VERSION_1 not offered")
+	}
+	d.Write(virtio.RegQueueSel, 0)
+	if d.Read(virtio.RegQueueNumMax) != rng.QueueSize {
+		t.Error("wrong QueueNumMax")
+	}
+	d.Write(virtio.RegQueueSel, 7)
+	if d.Read(virtio.RegQueueNumMax) != 0 {
+		t.Error("a missing queue has a size")
+	}
+}
+
+func TestFeatureNegotiation(t *testing.T) {
+	d := newDriver(t)
+	if d.Negotiate(0) {
+		t.Error("FEATURES_OK kept without VERSION_1 (legacy driver)")
+	}
+	if d.Negotiate(virtio.FeatureVersion1 | 1<<40) {
+		t.Error("FEATURES_OK kept with a feature that was not offered")
+	}
+	if !d.Negotiate(virtio.FeatureVersion1 | virtio.FeatureIndirectDesc) {
+		t.Error("FEATURES_OK refused for offered features")
+	}
+	// Features cannot change after FEATURES_OK.
+	d.Write(virtio.RegDriverFeaturesSel, 1)
+	d.Write(virtio.RegDriverFeatures, 0xffffffff)
+	d.DriverOK()
+	if s := d.Read(virtio.RegStatus); s&virtio.StatusDriverOK == 0 {
+		t.Errorf("status %#x", s)
+	}
+}
+
+func TestStatusOrder(t *testing.T) {
+	d := newDriver(t)
+	all := uint32(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK | virtio.StatusDriverOK)
+	d.Write(virtio.RegStatus, all)
+	// Taken in order, FEATURES_OK fails (no VERSION_1 accepted) and
+	// DRIVER_OK cannot follow.
+	if s := d.Read(virtio.RegStatus); s != virtio.StatusAcknowledge|virtio.StatusDriver {
+		t.Errorf("status %#x after setting every bit at once without negotiation", s)
+	}
+	d.Write(virtio.RegStatus, 0)
+	d.Write(virtio.RegStatus, virtio.StatusAcknowledge)
+	d.Write(virtio.RegStatus, virtio.StatusDriverOK|virtio.StatusAcknowledge)
+	if s := d.Read(virtio.RegStatus); s != virtio.StatusAcknowledge {
+		t.Errorf("status %#x after DRIVER_OK out of order", s)
+	}
+	d.Write(virtio.RegStatus, 0)
+	if s := d.Read(virtio.RegStatus); s != 0 {
+		t.Errorf("status %#x after reset", s)
+	}
+	d.Write(virtio.RegStatus, virtio.StatusAcknowledge)
+	d.Write(virtio.RegStatus, virtio.StatusAcknowledge|virtio.StatusFailed)
+	if s := d.Read(virtio.RegStatus); s&virtio.StatusFailed == 0 {
+		t.Errorf("FAILED not kept: %#x", s)
+	}
+	d.Write(virtio.RegStatus, virtio.StatusAcknowledge|virtio.StatusFailed|virtio.StatusDriver)
+	if s := d.Read(virtio.RegStatus); s&virtio.StatusDriver != 0 {
+		t.Errorf("DRIVER accepted after FAILED: %#x", s)
+	}
+}
+
+func TestQueueRegistersNeedFeaturesOK(t *testing.T) {
+	d := newDriver(t)
+	d.Write(virtio.RegStatus, virtio.StatusAcknowledge)
+	d.SetupQueue(0, 16, d.DescAddr(0), d.AvailAddr(0), d.UsedAddr(0))
+	d.Write(virtio.RegQueueSel, 0)
+	if d.Read(virtio.RegQueueReady) != 0 {
+		t.Error("queue enabled before FEATURES_OK")
+	}
+}
+
+func TestBadQueueSizeNeedsReset(t *testing.T) {
+	for _, size := range []uint16{0, 3, 128} { // 128 > rng.QueueSize
+		d := newDriver(t)
+		d.Negotiate(virtio.FeatureVersion1)
+		d.SetupQueue(0, size, d.DescAddr(0), d.AvailAddr(0), d.UsedAddr(0))
+		d.DriverOK()
+		if err := d.WaitNeedsReset(); err != nil {
+			t.Errorf("size %d: %v", size, err)
+		}
+	}
+}
+
+func TestRNGFillsBuffers(t *testing.T) {
+	d := newDriver(t)
+	d.Setup(0)
+	const buf = virtiotest.DataBase
+	d.Mem.Zero(buf, 8192)
+	d.Chain(0, 0, virtiotest.Desc{Addr: buf, Len: 4096, Flags: virtio.DescFlagWrite})
+	d.Chain(0, 1, virtiotest.Desc{Addr: buf + 4096, Len: 100, Flags: virtio.DescFlagWrite})
+	d.Kick(0)
+	if err := d.WaitUsed(0, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := d.Used(0, 0); n != 4096 {
+		t.Errorf("used length %d, want 4096", n)
+	}
+	b := make([]byte, 4096)
+	d.Mem.ReadAt(b, buf)
+	zeros := 0
+	for _, x := range b {
+		if x == 0 {
+			zeros++
+		}
+	}
+	if zeros > 64 {
+		t.Errorf("%d zero bytes in 4096 random ones", zeros)
+	}
+	// A huge request gets at most rng.MaxRequest bytes.
+	d.Chain(0, 2, virtiotest.Desc{Addr: buf, Len: 1 << 20, Flags: virtio.DescFlagWrite})
+	d.Kick(0)
+	if err := d.WaitUsed(0, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := d.Used(0, 2); n != rng.MaxRequest {
+		t.Errorf("used length %d, want %d", n, rng.MaxRequest)
+	}
+}

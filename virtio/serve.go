@@ -1,0 +1,125 @@
+package virtio
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/capsule-vm/capsule/machine"
+)
+
+// interruptEvery is how many chains a busy queue completes between
+// interrupts, so that a driver that keeps the queue full still hears of
+// progress.
+const interruptEvery = 64
+
+// Handler serves one request: c is the popped chain, and chainErr, when
+// not nil, says why the chain is invalid (its buffers are then those read
+// before the fault, each inside RAM). It returns the number of bytes it
+// wrote into the chain's device-writable buffers.
+type Handler func(c Chain, chainErr error) (written uint32)
+
+// Serve runs a request/response queue until stop is closed: on each kick
+// it pops every available chain, passes it to handle and returns it to the
+// driver, then interrupts. A corrupt ring makes the device fail (NEEDS_RESET)
+// and Serve return.
+func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
+	q := a.Queues[qi]
+	if !q.Ready {
+		return
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-a.Kicks[qi]:
+		}
+		done := 0
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, ok, err := q.Pop(a.Mem)
+			if errors.Is(err, ErrBadQueue) {
+				a.Fail(fmt.Errorf("queue %d: %w", qi, err))
+				return
+			}
+			if !ok {
+				break
+			}
+			n := handle(c, err)
+			if err := q.Push(a.Mem, c.Head, n); err != nil {
+				a.Fail(fmt.Errorf("queue %d: %w", qi, err))
+				return
+			}
+			if done++; done%interruptEvery == 0 {
+				a.Interrupt(q)
+			}
+		}
+		if done%interruptEvery != 0 {
+			a.Interrupt(q)
+		}
+	}
+}
+
+// Len is the total length of bufs.
+func Len(bufs []Buffer) uint64 {
+	var n uint64
+	for _, b := range bufs {
+		n += uint64(b.Len)
+	}
+	return n
+}
+
+// Gather copies the start of bufs into p and returns how many bytes it
+// copied (less than len(p) when bufs are shorter).
+func Gather(mem *machine.GuestMemory, bufs []Buffer, p []byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		if n == len(p) {
+			break
+		}
+		k := min(uint64(len(p)-n), uint64(b.Len))
+		if err := mem.ReadAt(p[n:n+int(k)], b.Addr); err != nil {
+			return n, err
+		}
+		n += int(k)
+	}
+	return n, nil
+}
+
+// Scatter copies p into bufs from their start and returns how many bytes
+// it copied (less than len(p) when bufs are shorter).
+func Scatter(mem *machine.GuestMemory, bufs []Buffer, p []byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		if n == len(p) {
+			break
+		}
+		k := min(uint64(len(p)-n), uint64(b.Len))
+		if err := mem.WriteAt(p[n:n+int(k)], b.Addr); err != nil {
+			return n, err
+		}
+		n += int(k)
+	}
+	return n, nil
+}
+
+// Split cuts bufs at byte offset off into the buffers before and after
+// it. off beyond the end gives all of bufs and nothing.
+func Split(bufs []Buffer, off uint64) (before, after []Buffer) {
+	for i, b := range bufs {
+		if off == 0 {
+			return before, append(after, bufs[i:]...)
+		}
+		if off < uint64(b.Len) {
+			before = append(before, Buffer{b.Addr, uint32(off)})
+			after = append(after, Buffer{b.Addr + off, b.Len - uint32(off)})
+			return before, append(after, bufs[i+1:]...)
+		}
+		before = append(before, b)
+		off -= uint64(b.Len)
+	}
+	return before, nil
+}
