@@ -17,7 +17,8 @@ GOFLAGS_BUILD = -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 # the nested real-KVM rig and the initramfs, linux-source and its build
 # tools for the minimal guest kernel.
 DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-certificates \
-	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils
+	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils \
+	e2fsprogs e2fsck-static
 # Packages of the rig/e2e tests run inside the nested guest.
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule
 
@@ -49,9 +50,18 @@ deps:
 	@command -v $(GO) >/dev/null || { echo "deps: Go 1.26 is required (PATH has no go)" >&2; exit 1; }
 
 # Guest images, cached under ~/.cache/capsule/images (the minimal kernel
-# takes a few minutes to build the first time).
-images: deps
+# takes a few minutes to build the first time), the ext4 disk of the
+# virtio-blk tests, and a static e2fsck for checking it inside the rig.
+images: deps $(IMG)/disk.ext4 $(IMG)/e2fsck
 	$(GO) run ./internal/cmd/images all
+
+$(IMG)/disk.ext4: $(wildcard testdata/disk/*)
+	@mkdir -p $(IMG)
+	rm -f $@.tmp && mke2fs -q -F -t ext4 -d testdata/disk $@.tmp 16M && mv $@.tmp $@
+
+$(IMG)/e2fsck: /sbin/e2fsck.static
+	@mkdir -p $(IMG)
+	cp $< $@
 
 demo-images: deps
 	$(GO) run ./internal/cmd/images stock-kernel

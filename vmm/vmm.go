@@ -21,6 +21,7 @@ import (
 	"github.com/capsule-vm/capsule/internal/proc"
 	"github.com/capsule-vm/capsule/kvm"
 	"github.com/capsule-vm/capsule/machine"
+	"github.com/capsule-vm/capsule/virtio"
 )
 
 // Config describes a VM. Zero values take the defaults below.
@@ -31,6 +32,9 @@ type Config struct {
 	CPUs      int       // default 1
 	MemoryMiB int       // default 128
 	Console   io.Writer // serial output; default os.Stdout
+	Disks     []Disk    // virtio-blk disks, in order (the first is /dev/vda)
+	RNG       bool      // add a virtio-rng device
+	Log       io.Writer // device errors; default os.Stderr
 }
 
 // Defaults.
@@ -87,6 +91,11 @@ type VM struct {
 	serial *devices.Serial
 	phases []Phase
 
+	virtioDevs    []virtio.Device // opened by New, in MMIO order
+	virtioClosers []func() error  // their resources, same order
+	virtio        []*virtioDev    // wired to KVM
+	virtioWG      sync.WaitGroup  // notification goroutines
+
 	mu       sync.Mutex
 	stopped  bool
 	result   Result
@@ -111,6 +120,9 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Console == nil {
 		cfg.Console = os.Stdout
 	}
+	if cfg.Log == nil {
+		cfg.Log = os.Stderr
+	}
 	if cfg.CPUs < 1 || cfg.CPUs > 255 {
 		return nil, fmt.Errorf("--cpus %d: must be between 1 and 255", cfg.CPUs)
 	}
@@ -120,11 +132,21 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Kernel == "" {
 		return nil, errors.New("--kernel is required")
 	}
+	devs, closers, err := openVirtio(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(devs) > 0 {
+		cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + virtioCmdline(len(devs)))
+	}
 	mem, err := machine.NewGuestMemory(uint64(cfg.MemoryMiB) * machine.MiB)
 	if err != nil {
+		for _, c := range closers {
+			c()
+		}
 		return nil, fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
 	}
-	v := &VM{cfg: cfg, mem: mem}
+	v := &VM{cfg: cfg, mem: mem, virtioDevs: devs, virtioClosers: closers}
 	v.mark("guest memory mapped")
 	loaded := make(chan error, 1)
 	go func() {
@@ -204,7 +226,7 @@ func (v *VM) Info() bootloader.Info { return v.info }
 
 // Close releases the vCPUs, the VM, /dev/kvm and guest memory.
 func (v *VM) Close() error {
-	var errs []error
+	errs := []error{v.closeVirtio()}
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close()) // closes the vCPUs too
 		v.vm = nil
@@ -255,6 +277,9 @@ func (v *VM) create() error {
 	}
 	v.mark("VM with irqchip, PIT and memory created")
 	if err := v.addDevices(); err != nil {
+		return err
+	}
+	if err := v.addVirtio(v.cfg.Log); err != nil {
 		return err
 	}
 	return v.createVCPUs()

@@ -47,11 +47,16 @@ to I/O port 0xf5) goes to stderr.
 	var cfg vmm.Config
 	var timeout time.Duration
 	var quiet bool
-	fs.StringVar(&cfg.Kernel, "kernel", "", "kernel to boot: a 64-bit ELF unikernel (required)")
+	fs.StringVar(&cfg.Kernel, "kernel", "", "kernel to boot: Linux bzImage, PVH vmlinux, Multiboot or capsule unikernel ELF (required)")
 	fs.StringVar(&cfg.Initrd, "initrd", "", "initial ramdisk to load (Linux kernels)")
 	fs.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line")
 	fs.IntVar(&cfg.CPUs, "cpus", vmm.DefaultCPUs, "number of vCPUs")
 	fs.IntVar(&cfg.MemoryMiB, "memory", vmm.DefaultMemoryMiB, "guest RAM in MiB")
+	var disks []string
+	fs.StringArrayVar(&disks, "disk", nil, "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
+		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
+		"no second VM can write it")
+	fs.BoolVar(&cfg.RNG, "rng", false, "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
 	var verbose bool
@@ -74,7 +79,15 @@ to I/O port 0xf5) goes to stderr.
 	if timeout < 0 {
 		return fmt.Errorf("--timeout %v: must not be negative", timeout)
 	}
+	for _, d := range disks {
+		disk, err := vmm.ParseDisk(d)
+		if err != nil {
+			return err
+		}
+		cfg.Disks = append(cfg.Disks, disk)
+	}
 	cfg.Console = stdout
+	cfg.Log = stderr
 
 	vm, err := vmm.New(cfg)
 	if errors.Is(err, kvm.ErrNoKVM) {

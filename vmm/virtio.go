@@ -1,0 +1,214 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/virtio"
+	"github.com/capsule-vm/capsule/virtio/blk"
+	"github.com/capsule-vm/capsule/virtio/rng"
+)
+
+// Virtio-mmio layout. Device n (in the order disks, rng) has its 4 KiB
+// register window at VirtioBase + n*virtio.MMIOSize, inside the 32-bit
+// MMIO hole, and raises ISA interrupt VirtioIRQs[n] of the I/O APIC
+// (edge-triggered, as Linux wires legacy IRQs). The kernel learns of each
+// device from a virtio_mmio.device=4K@ADDR:IRQ command-line parameter that
+// capsule appends.
+const VirtioBase = 0xd0000000
+
+// VirtioIRQs are the legacy interrupt lines free on capsule's machine,
+// one per virtio device; their number bounds the device count.
+var VirtioIRQs = []uint32{5, 6, 7, 10, 11, 14, 15, 3, 12}
+
+// Disk is a virtio-blk disk of a VM.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+}
+
+// ParseDisk parses a --disk value: PATH[,ro|,rw].
+func ParseDisk(s string) (Disk, error) {
+	path, opts, _ := strings.Cut(s, ",")
+	if path == "" {
+		return Disk{}, fmt.Errorf("--disk %q: want PATH[,ro]", s)
+	}
+	d := Disk{Path: path}
+	if opts != "" {
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "ro", "readonly":
+				d.ReadOnly = true
+			case "rw":
+				d.ReadOnly = false
+			default:
+				return Disk{}, fmt.Errorf("--disk %q: unknown option %q (known: ro, rw)", s, o)
+			}
+		}
+	}
+	return d, nil
+}
+
+// virtioDev is one device with its transport and the file descriptors
+// that connect it to KVM.
+type virtioDev struct {
+	base   uint64
+	irq    uint32
+	mmio   *virtio.MMIO
+	close  func() error // the device's own resources (a disk's file)
+	irqfd  int          // -1 when interrupts go through KVM_IRQ_LINE
+	events []*os.File   // one ioeventfd per queue
+}
+
+// virtioCmdline returns the virtio_mmio.device parameters for n devices.
+func virtioCmdline(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, " virtio_mmio.device=4K@%#x:%d", VirtioBase+uint64(i)*virtio.MMIOSize, VirtioIRQs[i])
+	}
+	return b.String()
+}
+
+// openVirtio opens the devices cfg asks for: disks are opened and locked
+// here, before the guest exists, so that a missing or busy image is an
+// error before anything starts.
+func openVirtio(cfg Config) ([]virtio.Device, []func() error, error) {
+	var devs []virtio.Device
+	var closers []func() error
+	fail := func(err error) ([]virtio.Device, []func() error, error) {
+		for _, c := range closers {
+			c()
+		}
+		return nil, nil, err
+	}
+	seen := map[string]bool{}
+	for _, d := range cfg.Disks {
+		if seen[d.Path] {
+			return fail(fmt.Errorf("--disk %s given twice", d.Path))
+		}
+		seen[d.Path] = true
+		b, err := blk.Open(d.Path, d.ReadOnly)
+		if err != nil {
+			return fail(err)
+		}
+		devs = append(devs, b)
+		closers = append(closers, b.Close)
+	}
+	if cfg.RNG {
+		devs = append(devs, rng.New())
+		closers = append(closers, func() error { return nil })
+	}
+	if len(devs) > len(VirtioIRQs) {
+		return fail(fmt.Errorf("%d virtio devices requested; capsule supports at most %d", len(devs), len(VirtioIRQs)))
+	}
+	return devs, closers, nil
+}
+
+// eventInterrupt raises a guest interrupt through an irqfd, or through
+// KVM_IRQ_LINE when irqfd is unavailable.
+type eventInterrupt struct {
+	fd  int
+	vm  *kvm.VM
+	irq uint32
+}
+
+var one = []byte{1, 0, 0, 0, 0, 0, 0, 0}
+
+func (e eventInterrupt) Trigger() error {
+	if e.fd < 0 {
+		return e.vm.PulseIRQ(e.irq)
+	}
+	_, err := unix.Write(e.fd, one)
+	if errors.Is(err, unix.EAGAIN) {
+		return nil // the counter is saturated: an interrupt is pending
+	}
+	return err
+}
+
+// addVirtio puts the opened devices on the MMIO bus, wires their queue
+// notifications to ioeventfds and their interrupts to irqfds, and starts
+// one goroutine per queue that passes notifications on.
+func (v *VM) addVirtio(log io.Writer) error {
+	for i, dev := range v.virtioDevs {
+		d := &virtioDev{
+			base:  VirtioBase + uint64(i)*virtio.MMIOSize,
+			irq:   VirtioIRQs[i],
+			close: v.virtioClosers[i],
+			irqfd: -1,
+		}
+		v.virtio = append(v.virtio, d)
+		if fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err == nil {
+			if err := v.vm.AddIRQFD(fd, d.irq); err != nil {
+				unix.Close(fd)
+			} else {
+				d.irqfd = fd
+			}
+		}
+		name := dev.Type().String()
+		d.mmio = virtio.NewMMIO(dev, v.mem, eventInterrupt{d.irqfd, v.vm, d.irq}, func(err error) {
+			fmt.Fprintf(log, "capsule: %s at %#x: %v\n", name, d.base, err)
+		})
+		if err := v.mmio.insert(d.base, virtio.MMIOSize, d.mmio); err != nil {
+			return err
+		}
+		for q := range d.mmio.QueueCount() {
+			fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+			if err != nil {
+				return fmt.Errorf("%s: eventfd: %w", name, err)
+			}
+			err = v.vm.AddIOEventFD(kvm.IOEvent{Space: kvm.IOEventMMIO, Addr: d.base + virtio.RegQueueNotify,
+				Len: 4, Match: true, Value: uint64(q), FD: fd})
+			if err != nil {
+				// Notifications then exit to the vCPU thread, which passes
+				// them on itself.
+				unix.Close(fd)
+				continue
+			}
+			f := os.NewFile(uintptr(fd), fmt.Sprintf("%s-queue%d", name, q))
+			d.events = append(d.events, f)
+			v.virtioWG.Go(func() { forwardKicks(f, d.mmio, uint32(q)) })
+		}
+	}
+	return nil
+}
+
+// forwardKicks passes each signal of an ioeventfd on to the transport
+// until the file is closed.
+func forwardKicks(f *os.File, m *virtio.MMIO, q uint32) {
+	var b [8]byte
+	for {
+		if _, err := f.Read(b[:]); err != nil {
+			return
+		}
+		m.Notify(q)
+	}
+}
+
+// closeVirtio stops every device, ends the notification goroutines and
+// closes the devices' files (flushing disks). Call it before closing the
+// VM.
+func (v *VM) closeVirtio() error {
+	var errs []error
+	for _, d := range v.virtio {
+		d.mmio.Close()
+		for _, f := range d.events {
+			f.Close()
+		}
+		if d.irqfd >= 0 {
+			unix.Close(d.irqfd)
+		}
+	}
+	v.virtioWG.Wait()
+	// Devices opened but never wired (New failed half-way) are closed too.
+	for _, c := range v.virtioClosers {
+		errs = append(errs, c())
+	}
+	v.virtio, v.virtioClosers, v.virtioDevs = nil, nil, nil
+	return errors.Join(errs...)
+}
