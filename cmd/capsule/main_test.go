@@ -32,6 +32,9 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 		{"bad vCPU count", []string{"run", "--kernel", "x", "--cpus", "0"}, "--cpus 0"},
 		{"stray argument", []string{"run", "--kernel", "x", "extra"}, "unexpected argument"},
 		{"unknown flag", []string{"run", "--bogus"}, "unknown flag: --bogus"},
+		{"missing disk", []string{"run", "--kernel", "../../testdata/guests/hello.S", "--disk", "/nonexistent.img"}, "disk /nonexistent.img: no such file"},
+		{"bad disk option", []string{"run", "--kernel", "x", "--disk", "a.img,rx"}, `unknown option "rx"`},
+		{"disk given twice", []string{"run", "--kernel", "x", "--disk", "main_test.go,ro", "--disk", "main_test.go,ro"}, "given twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, _, stderr := runMain(tc.args...)
@@ -56,7 +59,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	if status != 0 {
 		t.Fatalf("--help exit status %d", status)
 	}
-	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "Ctrl-A x", "0xf4"} {
+	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "--disk", "--rng", "Ctrl-A x", "0xf4"} {
 		if !strings.Contains(stderr, f) {
 			t.Errorf("run --help does not mention %s", f)
 		}
