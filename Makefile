@@ -118,6 +118,7 @@ fuzz:
 	done
 	$(GO) test -run=NONE -fuzz=^FuzzPop$$ -fuzztime=10s ./virtio
 	$(GO) test -run=NONE -fuzz=^FuzzRequest$$ -fuzztime=10s ./virtio/blk
+	$(GO) test -run=NONE -fuzz=^FuzzPacket$$ -fuzztime=10s ./virtio/vsock
 
 clean:
 	rm -rf bin $(GUESTS) $(IMG)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -13,9 +14,10 @@ import (
 	"github.com/capsule-vm/capsule/virtio"
 	"github.com/capsule-vm/capsule/virtio/blk"
 	"github.com/capsule-vm/capsule/virtio/rng"
+	"github.com/capsule-vm/capsule/virtio/vsock"
 )
 
-// Virtio-mmio layout. Device n (in the order disks, rng) has its 4 KiB
+// Virtio-mmio layout. Device n (in the order disks, vsock, rng) has its 4 KiB
 // register window at VirtioBase + n*virtio.MMIOSize, inside the 32-bit
 // MMIO hole, and raises ISA interrupt VirtioIRQs[n] of the I/O APIC
 // (edge-triggered, as Linux wires legacy IRQs). The kernel learns of each
@@ -53,6 +55,29 @@ func ParseDisk(s string) (Disk, error) {
 		}
 	}
 	return d, nil
+}
+
+// Vsock is a VM's vsock device: the guest's CID and the Unix socket the
+// host side uses (see package virtio/vsock).
+type Vsock struct {
+	CID  uint64
+	Path string
+}
+
+// ParseVsock parses a --vsock value: CID,UDS_PATH.
+func ParseVsock(s string) (Vsock, error) {
+	cidStr, path, ok := strings.Cut(s, ",")
+	if !ok || path == "" {
+		return Vsock{}, fmt.Errorf("--vsock %q: want CID,UDS_PATH", s)
+	}
+	cid, err := strconv.ParseUint(cidStr, 10, 64)
+	if err != nil {
+		return Vsock{}, fmt.Errorf("--vsock %q: CID %q is not a number", s, cidStr)
+	}
+	if err := vsock.ValidateCID(cid); err != nil {
+		return Vsock{}, fmt.Errorf("--vsock %q: %w", s, err)
+	}
+	return Vsock{CID: cid, Path: path}, nil
 }
 
 // virtioDev is one device with its transport and the file descriptors
@@ -99,6 +124,14 @@ func openVirtio(cfg Config) ([]virtio.Device, []func() error, error) {
 		}
 		devs = append(devs, b)
 		closers = append(closers, b.Close)
+	}
+	if cfg.Vsock != nil {
+		d, err := vsock.Open(cfg.Vsock.CID, cfg.Vsock.Path)
+		if err != nil {
+			return fail(fmt.Errorf("--vsock: %w", err))
+		}
+		devs = append(devs, d)
+		closers = append(closers, d.Close)
 	}
 	if cfg.RNG {
 		devs = append(devs, rng.New())

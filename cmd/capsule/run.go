@@ -56,6 +56,11 @@ to I/O port 0xf5) goes to stderr.
 	fs.StringArrayVar(&disks, "disk", nil, "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
 		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
 		"no second VM can write it")
+	var vsocks []string
+	fs.StringArrayVar(&vsocks, "vsock", nil, "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
+		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
+		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
+		"UDS_PATH_P, where a host program listens")
 	fs.BoolVar(&cfg.RNG, "rng", false, "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
@@ -85,6 +90,17 @@ to I/O port 0xf5) goes to stderr.
 			return err
 		}
 		cfg.Disks = append(cfg.Disks, disk)
+	}
+	switch len(vsocks) {
+	case 0:
+	case 1:
+		v, err := vmm.ParseVsock(vsocks[0])
+		if err != nil {
+			return err
+		}
+		cfg.Vsock = &v
+	default:
+		return fmt.Errorf("--vsock given %d times: a VM has one vsock device (one CID)", len(vsocks))
 	}
 	cfg.Console = stdout
 	cfg.Log = stderr

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,4 +133,81 @@ func fileSum(t *testing.T, p string) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
+}
+
+func TestVirtioVsockEchoBothWays(t *testing.T) {
+	kvmtest.OpenHardware(t)
+	dir, err := os.MkdirTemp("", "vsock") // short: Unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "v.sock")
+	// Guest to host: an echo server on port 5000.
+	ln, err := net.Listen("unix", sock+"_5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Write([]byte(line))
+	}()
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
+		"--vsock", "3,"+sock, "--cmdline", "console=ttyS0 quiet reboot=k panic=-1 capsule.action=vsock")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var console strings.Builder
+	sc := bufio.NewScanner(out)
+	listening := false
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "vsock-serve: listening on 6000") {
+			listening = true
+			break
+		}
+	}
+	if !listening {
+		cmd.Wait()
+		t.Fatalf("the guest never listened on vsock port 6000; stderr %q\nconsole:\n%s", stderr.String(), console.String())
+	}
+	// Host to guest: through the device's socket.
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("CONNECT 6000\n"))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("CONNECT answered %q, %v", line, err)
+	}
+	c.Write([]byte("ping from the host\n"))
+	if line, err := r.ReadString('\n'); err != nil || line != "ping from the host\n" {
+		t.Errorf("echo %q, %v", line, err)
+	}
+	c.Close()
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+	}
+	if s := exitStatus(t, cmd.Wait()); s != 0 {
+		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
+	}
+	if !strings.Contains(console.String(), "vsock-echo: got: hello from the guest") {
+		t.Errorf("guest-to-host echo missing:\n%s", console.String())
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket %s left behind: %v", sock, err)
+	}
 }

@@ -2,10 +2,19 @@
  * capsule-io: port I/O for the shell scripts of capsule's test guests.
  *
  *     capsule-io outb PORT VALUE
+ *     capsule-io vsock-echo CID PORT MESSAGE
+ *     capsule-io vsock-serve PORT
  *
- * writes the byte VALUE to the I/O port PORT. Both are decimal, or hex with
- * a 0x prefix. The guest's /init uses it for the boot-time marker (port
- * 0xf5) and the exit port (0xf4).
+ * outb writes the byte VALUE to the I/O port PORT. Both are decimal, or hex
+ * with a 0x prefix. The guest's /init uses it for the boot-time marker
+ * (port 0xf5) and the exit port (0xf4).
+ *
+ * vsock-echo connects to vsock CID:PORT, sends MESSAGE and a newline,
+ * reads the answer up to a newline and prints "vsock-echo: got: ANSWER";
+ * it exits 0 when the answer equals MESSAGE. vsock-serve listens on vsock
+ * PORT, prints "vsock-serve: listening on PORT", accepts one connection and
+ * echoes what it reads until the peer closes; it exits 0 after echoing at
+ * least one byte.
  *
  * It asks for all ports with iopl(3) and falls back to ioperm() for the one
  * port where iopl is refused. Both need root and a kernel built with
@@ -20,9 +29,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/io.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
 
 static const char usage[] =
 	"usage: capsule-io outb PORT VALUE\n"
+	"       capsule-io vsock-echo CID PORT MESSAGE\n"
+	"       capsule-io vsock-serve PORT\n"
 	"  PORT 0-65535 and VALUE 0-255, decimal or hex with 0x\n";
 
 /* parse reads a decimal or 0x-prefixed hex number of at most max. */
@@ -55,11 +69,89 @@ static int parse(const char *s, unsigned long max, unsigned long *out)
 	return 0;
 }
 
+static int vsock_echo(const char *cid_s, const char *port_s, const char *msg)
+{
+	unsigned long cid, port;
+	struct sockaddr_vm sa = { .svm_family = AF_VSOCK };
+	char buf[4096];
+	size_t n = 0, len = strlen(msg);
+	int fd;
+
+	if (parse(cid_s, 0xffffffff, &cid) != 0 || parse(port_s, 0xffffffff, &port) != 0 || len + 1 > sizeof(buf)) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	sa.svm_cid = cid;
+	sa.svm_port = port;
+	fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		fprintf(stderr, "capsule-io: vsock connect %lu:%lu: %s\n", cid, port, strerror(errno));
+		return 1;
+	}
+	memcpy(buf, msg, len);
+	buf[len] = '\n';
+	if (write(fd, buf, len + 1) != (ssize_t)(len + 1)) {
+		fprintf(stderr, "capsule-io: vsock write: %s\n", strerror(errno));
+		return 1;
+	}
+	while (n < sizeof(buf) - 1) {
+		ssize_t k = read(fd, buf + n, 1);
+		if (k <= 0 || buf[n] == '\n')
+			break;
+		n++;
+	}
+	buf[n] = '\0';
+	printf("vsock-echo: got: %s\n", buf);
+	close(fd);
+	return strcmp(buf, msg) == 0 ? 0 : 1;
+}
+
+static int vsock_serve(const char *port_s)
+{
+	unsigned long port;
+	struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY };
+	char buf[4096];
+	size_t total = 0;
+	ssize_t k;
+	int fd, c;
+
+	if (parse(port_s, 0xffffffff, &port) != 0) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	sa.svm_port = port;
+	fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 1) != 0) {
+		fprintf(stderr, "capsule-io: vsock listen on %lu: %s\n", port, strerror(errno));
+		return 1;
+	}
+	printf("vsock-serve: listening on %lu\n", port);
+	fflush(stdout);
+	c = accept(fd, NULL, NULL);
+	if (c < 0) {
+		fprintf(stderr, "capsule-io: vsock accept: %s\n", strerror(errno));
+		return 1;
+	}
+	while ((k = read(c, buf, sizeof(buf))) > 0) {
+		if (write(c, buf, k) != k)
+			return 1;
+		total += k;
+	}
+	close(c);
+	close(fd);
+	printf("vsock-serve: echoed %zu bytes\n", total);
+	return total > 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long port, value;
 	int iopl_err;
 
+	if (argc == 5 && strcmp(argv[1], "vsock-echo") == 0)
+		return vsock_echo(argv[2], argv[3], argv[4]);
+	if (argc == 3 && strcmp(argv[1], "vsock-serve") == 0)
+		return vsock_serve(argv[2]);
 	if (argc != 4 || strcmp(argv[1], "outb") != 0) {
 		fputs(usage, stderr);
 		return 2;

@@ -228,7 +228,7 @@ func (d *Driver) Used(q int, n uint16) (head uint32, length uint32) {
 func (d *Driver) WaitUsed(q int, idx uint16) error {
 	deadline := time.After(10 * time.Second)
 	for {
-		if d.UsedIdx(q) == idx {
+		if int16(d.UsedIdx(q)-idx) >= 0 {
 			return nil
 		}
 		if s := d.Read(virtio.RegStatus); s&virtio.StatusNeedsReset != 0 {

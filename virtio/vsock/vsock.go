@@ -1,0 +1,544 @@
+// Package vsock is capsule's virtio-vsock device in the hybrid model that
+// Firecracker users know: guest stream sockets are bridged to Unix domain
+// sockets on the host.
+//
+//   - Host to guest: a host program connects to the device's socket PATH
+//     and writes "CONNECT <port>\n"; capsule opens a connection to the
+//     guest's port and answers "OK <host-port>\n" when the guest accepts,
+//     or closes the socket when it refuses. From then on the socket carries
+//     the stream.
+//   - Guest to host: a guest connection to CID 2 (the host), port P, is
+//     connected to the Unix socket PATH_P, which a host program listens on;
+//     the guest sees a refusal when nothing does.
+//
+// Flow control follows the virtio-vsock credit scheme: capsule buffers at
+// most BufAlloc bytes per connection in each direction, and a guest that
+// sends beyond its credit, sends malformed packets or claims another CID
+// gets its connection reset; nothing it sends can make capsule allocate
+// without bound or stop serving other connections.
+package vsock
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/capsule-vm/capsule/virtio"
+)
+
+const (
+	// QueueSize is the size of each of the three queues.
+	QueueSize = 256
+	// BufAlloc is the buffer space capsule offers each connection for
+	// data from the guest.
+	BufAlloc = 256 << 10
+	// MaxConns bounds the open connections of one device.
+	MaxConns = 1024
+	// readChunk is the most host data put in one packet to the guest.
+	readChunk = 4096
+	// handshakeTimeout bounds the CONNECT line and the guest's answer.
+	handshakeTimeout = 10 * time.Second
+
+	rxQueue = 0
+	txQueue = 1
+)
+
+// connKey names a connection by its host-side and guest-side ports.
+type connKey struct {
+	local uint32 // host side
+	peer  uint32 // guest side
+}
+
+// Device is a virtio-vsock device bridged to Unix sockets.
+type Device struct {
+	cid  uint64
+	path string
+	ln   *net.UnixListener
+	done chan struct{} // closed by Close
+
+	mu       sync.Mutex
+	active   bool
+	activeCh chan struct{} // closed on activation
+	stop     chan struct{}
+	conns    map[connKey]*conn  // by ports
+	live     map[*conn]struct{} // every connection not yet closed
+	nextPort uint32
+	pending  []*packet
+	wake     chan struct{}
+	wg       sync.WaitGroup // workers and connection goroutines
+}
+
+// packet is a packet waiting for a guest receive buffer.
+type packet struct {
+	hdr  Header
+	data []byte
+	c    *conn // the connection whose credit fields to fill, or nil
+}
+
+// ValidateCID checks a guest CID: 0-2 are reserved and 2^32-1 means any.
+func ValidateCID(cid uint64) error {
+	if cid < 3 || cid >= 0xffffffff {
+		return fmt.Errorf("vsock CID %d: must be between 3 and 4294967294 (0-2 are reserved)", cid)
+	}
+	return nil
+}
+
+// Open creates the device for guest cid, listening on the Unix socket
+// path. A stale socket file at path is replaced; a live one, or any
+// other file, is an error.
+func Open(cid uint64, path string) (*Device, error) {
+	if err := ValidateCID(cid); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("vsock socket %s: a file that is not a socket is in the way", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("vsock socket %s is in use: another process listens on it", path)
+		}
+		os.Remove(path) // stale, left by a process that died
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vsock socket %s: %w", path, unwrapOp(err))
+	}
+	ln.SetUnlinkOnClose(true)
+	d := &Device{
+		cid: cid, path: path, ln: ln, done: make(chan struct{}),
+		activeCh: make(chan struct{}), conns: map[connKey]*conn{}, live: map[*conn]struct{}{},
+		nextPort: 1 << 30, wake: make(chan struct{}, 1),
+	}
+	go d.acceptLoop()
+	return d, nil
+}
+
+func unwrapOp(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return oe.Err
+	}
+	return err
+}
+
+// CID is the guest's context ID.
+func (d *Device) CID() uint64 { return d.cid }
+
+// Path is the Unix socket the device listens on.
+func (d *Device) Path() string { return d.path }
+
+// Close resets the device, stops listening and removes the socket file.
+func (d *Device) Close() error {
+	d.Reset()
+	close(d.done)
+	return d.ln.Close()
+}
+
+// Type implements virtio.Device.
+func (d *Device) Type() virtio.Type { return virtio.TypeVsock }
+
+// Features implements virtio.Device: stream sockets only.
+func (d *Device) Features() uint64 { return 0 }
+
+// QueueMaxSizes implements virtio.Device: receive, transmit, event.
+func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize, QueueSize} }
+
+// ReadConfig implements virtio.Device: the guest CID, 64 bits at 0.
+func (d *Device) ReadConfig(off uint64, p []byte) {
+	var cfg [8]byte
+	Header{SrcCID: d.cid}.putCID(cfg[:])
+	clear(p)
+	if off < uint64(len(cfg)) {
+		copy(p, cfg[off:])
+	}
+}
+
+func (h Header) putCID(b []byte) {
+	for i := range 8 {
+		b[i] = byte(h.SrcCID >> (8 * i))
+	}
+}
+
+// WriteConfig implements virtio.Device; the configuration is read-only.
+func (d *Device) WriteConfig(uint64, []byte) {}
+
+// Activate implements virtio.Device.
+func (d *Device) Activate(a virtio.Activation) error {
+	if !a.Queues[rxQueue].Ready || !a.Queues[txQueue].Ready {
+		return errors.New("receive or transmit queue not enabled")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.active = true
+	d.stop = make(chan struct{})
+	stop := d.stop
+	d.wg.Go(func() { d.rxLoop(a, stop) })
+	d.wg.Go(func() {
+		virtio.Serve(a, txQueue, stop, func(c virtio.Chain, chainErr error) uint32 {
+			d.handleTx(a, c, chainErr)
+			return 0
+		})
+	})
+	close(d.activeCh)
+	return nil
+}
+
+// Reset implements virtio.Device: every connection is closed.
+func (d *Device) Reset() {
+	d.mu.Lock()
+	if !d.active {
+		d.mu.Unlock()
+		return
+	}
+	d.active = false
+	close(d.stop)
+	var conns []*conn
+	for c := range d.live {
+		conns = append(conns, c)
+	}
+	d.conns = map[connKey]*conn{}
+	d.pending = nil
+	d.activeCh = make(chan struct{})
+	d.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+	d.wg.Wait()
+}
+
+// enqueue queues p for the guest; packets are dropped while the device is
+// not active.
+func (d *Device) enqueue(p *packet) {
+	d.mu.Lock()
+	if !d.active {
+		d.mu.Unlock()
+		return
+	}
+	d.pending = append(d.pending, p)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// control queues a packet without data to the guest.
+func (d *Device) control(op uint16, local, peer uint32, flags uint32, c *conn) {
+	d.enqueue(&packet{hdr: Header{
+		SrcCID: HostCID, DstCID: d.cid, SrcPort: local, DstPort: peer,
+		Type: TypeStream, Op: op, Flags: flags,
+	}, c: c})
+}
+
+// rst answers a guest packet with a reset.
+func (d *Device) rst(h Header) {
+	d.control(OpRst, h.DstPort, h.SrcPort, 0, nil)
+}
+
+// next waits for a pending packet.
+func (d *Device) next(stop <-chan struct{}) *packet {
+	for {
+		d.mu.Lock()
+		if len(d.pending) > 0 {
+			p := d.pending[0]
+			d.pending[0] = nil
+			d.pending = d.pending[1:]
+			d.mu.Unlock()
+			return p
+		}
+		d.mu.Unlock()
+		select {
+		case <-stop:
+			return nil
+		case <-d.wake:
+		}
+	}
+}
+
+// rxLoop moves pending packets into the guest's receive buffers.
+func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
+	q := a.Queues[rxQueue]
+	for {
+		p := d.next(stop)
+		if p == nil {
+			return
+		}
+		for p != nil {
+			if p.c != nil && p.hdr.Op == OpRW && p.c.isClosed() {
+				break // the connection is gone; so is its data
+			}
+			c, ok, err := q.Pop(a.Mem)
+			if errors.Is(err, virtio.ErrBadQueue) {
+				a.Fail(fmt.Errorf("receive queue: %w", err))
+				return
+			}
+			if !ok {
+				select {
+				case <-stop:
+					return
+				case <-a.Kicks[rxQueue]:
+				}
+				continue
+			}
+			var n uint32
+			if err == nil {
+				n, p = d.put(a, c, p)
+			}
+			if err := q.Push(a.Mem, c.Head, n); err != nil {
+				a.Fail(fmt.Errorf("receive queue: %w", err))
+				return
+			}
+			a.Interrupt(q)
+		}
+	}
+}
+
+// put writes as much of p as fits into chain c and returns the bytes
+// written and what is left of p (nil when all of it went).
+func (d *Device) put(a virtio.Activation, c virtio.Chain, p *packet) (uint32, *packet) {
+	room := virtio.Len(c.Writable)
+	if room < HeaderSize {
+		return 0, p // too small for a header: the guest loses this buffer
+	}
+	k := min(uint64(len(p.data)), room-HeaderSize)
+	h := p.hdr
+	h.Len = uint32(k)
+	if p.c != nil {
+		h.BufAlloc, h.FwdCnt = p.c.credit()
+	}
+	buf := make([]byte, HeaderSize+k)
+	h.Put(buf)
+	copy(buf[HeaderSize:], p.data[:k])
+	if _, err := virtio.Scatter(a.Mem, c.Writable, buf); err != nil {
+		return 0, p
+	}
+	if k == uint64(len(p.data)) {
+		return uint32(len(buf)), nil
+	}
+	return uint32(len(buf)), &packet{hdr: p.hdr, data: p.data[k:], c: p.c}
+}
+
+// handleTx handles one packet from the guest.
+func (d *Device) handleTx(a virtio.Activation, c virtio.Chain, chainErr error) {
+	if chainErr != nil {
+		return
+	}
+	var hb [HeaderSize]byte
+	if n, err := virtio.Gather(a.Mem, c.Readable, hb[:]); err != nil || n < HeaderSize {
+		return
+	}
+	h, _ := ParseHeader(hb[:])
+	if h.SrcCID != d.cid || h.DstCID != HostCID {
+		return // not from this guest, or not for the host: dropped
+	}
+	if h.Type != TypeStream {
+		if h.Op != OpRst {
+			d.rst(h)
+		}
+		return
+	}
+	_, payload := virtio.Split(c.Readable, HeaderSize)
+	key := connKey{local: h.DstPort, peer: h.SrcPort}
+	d.mu.Lock()
+	cn := d.conns[key]
+	d.mu.Unlock()
+	if h.Op == OpRW && (uint64(h.Len) > virtio.Len(payload) || h.Len > BufAlloc) {
+		// A length beyond the chain or beyond any credit: malformed.
+		if cn != nil {
+			cn.reset()
+		} else {
+			d.rst(h)
+		}
+		return
+	}
+	if cn == nil {
+		switch h.Op {
+		case OpRequest:
+			d.connectOut(key, h)
+		case OpRst:
+		default:
+			d.rst(h)
+		}
+		return
+	}
+	cn.peerCredit(h.BufAlloc, h.FwdCnt)
+	switch h.Op {
+	case OpResponse:
+		cn.accepted()
+	case OpRW:
+		data := make([]byte, h.Len)
+		if n, err := virtio.Gather(a.Mem, payload, data); err != nil || n != len(data) {
+			cn.reset()
+			return
+		}
+		cn.fromGuest(data)
+	case OpCreditUpdate:
+	case OpCreditRequest:
+		d.control(OpCreditUpdate, key.local, key.peer, 0, cn)
+	case OpShutdown:
+		cn.shutdown(h.Flags)
+	case OpRst:
+		cn.close()
+	default: // a second REQUEST, or an unknown operation
+		cn.reset()
+	}
+}
+
+// connectOut handles a guest connection request to host port key.local:
+// it connects to PATH_<port> and answers RESPONSE, or RST on failure.
+func (d *Device) connectOut(key connKey, h Header) {
+	d.mu.Lock()
+	if len(d.conns) >= MaxConns || !d.active {
+		d.mu.Unlock()
+		d.rst(h)
+		return
+	}
+	cn := newConn(d, key)
+	cn.peerBufAlloc, cn.peerFwdCnt = h.BufAlloc, h.FwdCnt
+	d.conns[key] = cn
+	d.wg.Add(1)
+	d.mu.Unlock()
+	go func() {
+		defer d.wg.Done()
+		name := d.path + "_" + strconv.FormatUint(uint64(key.local), 10)
+		s, err := net.DialTimeout("unix", name, handshakeTimeout)
+		if err != nil {
+			cn.reset()
+			return
+		}
+		if !cn.attach(s.(*net.UnixConn)) {
+			s.Close()
+			return
+		}
+		d.control(OpResponse, key.local, key.peer, 0, cn)
+		cn.start()
+	}()
+}
+
+// acceptLoop serves host connections to the device's socket until Close.
+func (d *Device) acceptLoop() {
+	for {
+		s, err := d.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var se syscall.Errno
+			if errors.As(err, &se) && se.Temporary() {
+				time.Sleep(10 * time.Millisecond) // e.g. EMFILE: back off
+				continue
+			}
+			return
+		}
+		go d.serveHost(s)
+	}
+}
+
+// readLine reads one line of at most max bytes, byte by byte so that
+// nothing after it is consumed.
+func readLine(s *net.UnixConn, max int) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for len(b) < max {
+		if _, err := s.Read(one); err != nil {
+			return "", err
+		}
+		if one[0] == '\n' {
+			return string(b), nil
+		}
+		b = append(b, one[0])
+	}
+	return "", errors.New("line too long")
+}
+
+// serveHost handles one host connection: "CONNECT <port>\n", then the
+// stream.
+func (d *Device) serveHost(s *net.UnixConn) {
+	s.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	line, err := readLine(s, 64)
+	port, perr := parseConnect(line)
+	if err != nil || perr != nil {
+		s.Close()
+		return
+	}
+	s.SetReadDeadline(time.Time{})
+	// The guest's driver may not be up yet.
+	d.mu.Lock()
+	ready := d.activeCh
+	d.mu.Unlock()
+	select {
+	case <-ready:
+	case <-d.done:
+		s.Close()
+		return
+	case <-time.After(handshakeTimeout):
+		s.Close()
+		return
+	}
+	d.mu.Lock()
+	if !d.active || len(d.conns) >= MaxConns {
+		d.mu.Unlock()
+		s.Close()
+		return
+	}
+	key := connKey{peer: port}
+	for {
+		key.local = d.nextPort
+		d.nextPort++
+		if d.nextPort == 0 {
+			d.nextPort = 1 << 30
+		}
+		if d.conns[key] == nil {
+			break
+		}
+	}
+	cn := newConn(d, key)
+	cn.resp = make(chan struct{})
+	cn.sock = s
+	d.conns[key] = cn
+	d.mu.Unlock()
+	d.control(OpRequest, key.local, key.peer, 0, cn)
+	select {
+	case <-cn.resp:
+	case <-time.After(handshakeTimeout):
+		cn.reset()
+		return
+	}
+	if cn.isClosed() {
+		return // the guest refused (RST)
+	}
+	if _, err := fmt.Fprintf(s, "OK %d\n", key.local); err != nil {
+		cn.reset()
+		return
+	}
+	d.mu.Lock()
+	if !d.active {
+		d.mu.Unlock()
+		cn.close()
+		return
+	}
+	d.wg.Add(1) // start's goroutines are counted from here
+	d.mu.Unlock()
+	cn.start()
+	d.wg.Done()
+}
+
+// parseConnect parses "CONNECT <port>".
+func parseConnect(line string) (uint32, error) {
+	arg, ok := strings.CutPrefix(strings.TrimSuffix(line, "\r"), "CONNECT ")
+	if !ok {
+		return 0, fmt.Errorf("want CONNECT <port>, got %q", line)
+	}
+	p, err := strconv.ParseUint(arg, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("bad port %q", arg)
+	}
+	return uint32(p), nil
+}
