@@ -39,7 +39,7 @@ mount -t devtmpfs devtmpfs /dev
 # The per-run archive may have put the test binary under /tmp; the rootfs
 # is a tmpfs already, so only mount one on an empty /tmp.
 [ -n "$(ls -A /tmp)" ] || mount -t tmpfs -o mode=1777 tmpfs /tmp
-for m in irqbypass kvm kvm-amd; do
+for m in irqbypass kvm kvm-amd tun; do
 	insmod /lib/modules/$m.ko || fail "insmod $m.ko failed"
 done
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading kvm-amd"

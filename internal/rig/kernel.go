@@ -26,6 +26,8 @@ var guestModules = []struct{ name, path string }{
 	{"irqbypass", "kernel/virt/lib/irqbypass.ko"},
 	{"kvm", "kernel/arch/x86/kvm/kvm.ko"},
 	{"kvm-amd", "kernel/arch/x86/kvm/kvm-amd.ko"},
+	// tun lets tests create TAP devices (capsule's --net tap).
+	{"tun", "kernel/drivers/net/tun.ko"},
 }
 
 // kernel is a cached, unpacked kernel: <dir>/vmlinuz and <dir>/<module>.ko.
@@ -36,6 +38,20 @@ type kernel struct {
 
 func (k kernel) vmlinuz() string           { return filepath.Join(k.dir, "vmlinuz") }
 func (k kernel) module(name string) string { return filepath.Join(k.dir, name+".ko") }
+
+// complete reports whether the cached kernel has vmlinuz and every guest
+// module.
+func (k kernel) complete() bool {
+	if !exists(k.vmlinuz()) {
+		return false
+	}
+	for _, m := range guestModules {
+		if !exists(k.module(m.name)) {
+			return false
+		}
+	}
+	return true
+}
 
 // FetchKernel returns the kernel package the rig boots, unpacked in its
 // cache, fetching it first (apt-get download and dpkg-deb -x, without
@@ -101,7 +117,11 @@ func cachedKernel(kdir, pkg string) (kernel, bool) {
 		if err != nil || (best.dir != "" && !info.ModTime().After(bestTime)) {
 			continue
 		}
-		best = kernel{dir: filepath.Join(kdir, name), id: name}
+		k := kernel{dir: filepath.Join(kdir, name), id: name}
+		if !k.complete() {
+			continue // staged by an older rig with fewer modules
+		}
+		best = k
 		bestTime = info.ModTime()
 	}
 	return best, best.dir != ""
@@ -203,6 +223,7 @@ func downloadKernel(ctx context.Context, kdir, pkg string, log *logger) (kernel,
 	}
 	id := debID(filepath.Base(deb), pkg)
 	k := kernel{dir: filepath.Join(kdir, id), id: id}
+	os.RemoveAll(k.dir) // an incomplete one from an older rig
 	if err := os.Rename(staged, k.dir); err != nil {
 		return kernel{}, fmt.Errorf("publish kernel %s: %w", id, err)
 	}

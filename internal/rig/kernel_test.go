@@ -39,12 +39,26 @@ func TestDebID(t *testing.T) {
 func TestCachedKernel(t *testing.T) {
 	kdir := t.TempDir()
 	old := time.Now().Add(-time.Hour)
-	for _, name := range []string{"linux-image-a_1", "linux-image-a_2", "linux-image-b_1", ".fetch-123"} {
-		if err := os.Mkdir(filepath.Join(kdir, name), 0o755); err != nil {
+	// linux-image-b_2 is newer but lacks the tun module (an older rig
+	// staged it), so it does not count.
+	for _, name := range []string{"linux-image-a_1", "linux-image-a_2", "linux-image-b_1", "linux-image-b_2", ".fetch-123"} {
+		dir := filepath.Join(kdir, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if name != "linux-image-a_2" {
-			os.Chtimes(filepath.Join(kdir, name), old, old)
+		files := []string{"vmlinuz"}
+		for _, m := range guestModules {
+			if name != "linux-image-b_2" || m.name != "tun" {
+				files = append(files, m.name+".ko")
+			}
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if name != "linux-image-a_2" && name != "linux-image-b_2" {
+			os.Chtimes(dir, old, old)
 		}
 	}
 	if k, ok := cachedKernel(kdir, "linux-image-a"); !ok || k.id != "linux-image-a_2" {
