@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -13,11 +14,13 @@ import (
 	"github.com/capsule-vm/capsule/kvm"
 	"github.com/capsule-vm/capsule/virtio"
 	"github.com/capsule-vm/capsule/virtio/blk"
+	vnet "github.com/capsule-vm/capsule/virtio/net"
+	"github.com/capsule-vm/capsule/virtio/net/tap"
 	"github.com/capsule-vm/capsule/virtio/rng"
 	"github.com/capsule-vm/capsule/virtio/vsock"
 )
 
-// Virtio-mmio layout. Device n (in the order disks, vsock, rng) has its 4 KiB
+// Virtio-mmio layout. Device n (in the order disks, nets, vsock, rng) has its 4 KiB
 // register window at VirtioBase + n*virtio.MMIOSize, inside the 32-bit
 // MMIO hole, and raises ISA interrupt VirtioIRQs[n] of the I/O APIC
 // (edge-triggered, as Linux wires legacy IRQs). The kernel learns of each
@@ -80,6 +83,52 @@ func ParseVsock(s string) (Vsock, error) {
 	return Vsock{CID: cid, Path: path}, nil
 }
 
+// Net is a virtio-net interface of a VM.
+type Net struct {
+	// TAP is the name of the host TAP device.
+	TAP string
+	// HostAddr is given to a TAP capsule creates (nil: none).
+	HostAddr *net.IPNet
+	// MAC is the guest's address; nil picks a random local one.
+	MAC net.HardwareAddr
+}
+
+// ParseNet parses a --net value: tap:NAME[,mac=MAC][,ip=ADDR/PREFIX].
+func ParseNet(s string) (Net, error) {
+	kind, rest, _ := strings.Cut(s, ":")
+	if kind != "tap" {
+		return Net{}, fmt.Errorf("--net %q: want tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
+	}
+	name, opts, _ := strings.Cut(rest, ",")
+	if name == "" {
+		return Net{}, fmt.Errorf("--net %q: the TAP needs a name, as in tap:tap0", s)
+	}
+	n := Net{TAP: name}
+	if opts != "" {
+		for _, o := range strings.Split(opts, ",") {
+			key, val, _ := strings.Cut(o, "=")
+			switch key {
+			case "mac":
+				m, err := vnet.ParseMAC(val)
+				if err != nil {
+					return Net{}, fmt.Errorf("--net %q: %w", s, err)
+				}
+				n.MAC = m
+			case "ip":
+				ip, ipnet, err := net.ParseCIDR(val)
+				if err != nil {
+					return Net{}, fmt.Errorf("--net %q: ip=%s: want an address with a prefix length, such as 10.0.0.1/24", s, val)
+				}
+				ipnet.IP = ip
+				n.HostAddr = ipnet
+			default:
+				return Net{}, fmt.Errorf("--net %q: unknown option %q (known: mac, ip)", s, key)
+			}
+		}
+	}
+	return n, nil
+}
+
 // virtioDev is one device with its transport and the file descriptors
 // that connect it to KVM.
 type virtioDev struct {
@@ -124,6 +173,24 @@ func openVirtio(cfg Config) ([]virtio.Device, []func() error, error) {
 		}
 		devs = append(devs, b)
 		closers = append(closers, b.Close)
+	}
+	taps := map[string]bool{}
+	for _, n := range cfg.Nets {
+		if taps[n.TAP] {
+			return fail(fmt.Errorf("--net tap:%s given twice", n.TAP))
+		}
+		taps[n.TAP] = true
+		t, err := tap.Open(n.TAP, n.HostAddr)
+		if err != nil {
+			return fail(fmt.Errorf("--net: %w", err))
+		}
+		mac := n.MAC
+		if mac == nil {
+			mac = vnet.RandomMAC()
+		}
+		d := vnet.New(mac, t)
+		devs = append(devs, d)
+		closers = append(closers, d.Close)
 	}
 	if cfg.Vsock != nil {
 		d, err := vsock.Open(cfg.Vsock.CID, cfg.Vsock.Path)

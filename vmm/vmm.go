@@ -33,6 +33,7 @@ type Config struct {
 	MemoryMiB int       // default 128
 	Console   io.Writer // serial output; default os.Stdout
 	Disks     []Disk    // virtio-blk disks, in order (the first is /dev/vda)
+	Nets      []Net     // virtio-net interfaces, in order (eth0, ...)
 	Vsock     *Vsock    // add a virtio-vsock device
 	RNG       bool      // add a virtio-rng device
 	Log       io.Writer // device errors; default os.Stderr

@@ -56,6 +56,11 @@ to I/O port 0xf5) goes to stderr.
 	fs.StringArrayVar(&disks, "disk", nil, "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
 		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
 		"no second VM can write it")
+	var nets []string
+	fs.StringArrayVar(&nets, "net", nil, "add a virtio-net interface (repeatable; eth0, eth1, ...) on the host TAP device\n"+
+		"`tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]`. A TAP that does not exist is created (root or\n"+
+		"CAP_NET_ADMIN), brought up, given ip= as the host's address, and removed when capsule\n"+
+		"exits; an existing one is used as it is. mac= sets the guest's MAC (default: random)")
 	var vsocks []string
 	fs.StringArrayVar(&vsocks, "vsock", nil, "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
 		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
@@ -90,6 +95,13 @@ to I/O port 0xf5) goes to stderr.
 			return err
 		}
 		cfg.Disks = append(cfg.Disks, disk)
+	}
+	for _, n := range nets {
+		nc, err := vmm.ParseNet(n)
+		if err != nil {
+			return err
+		}
+		cfg.Nets = append(cfg.Nets, nc)
 	}
 	switch len(vsocks) {
 	case 0:

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/capsule-vm/capsule/internal/kvmtest"
 )
@@ -209,5 +210,72 @@ func TestVirtioVsockEchoBothWays(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket %s left behind: %v", sock, err)
+	}
+}
+
+// needNetAdmin skips (or, in the rig, fails) a test that creates TAP
+// devices without the rights to.
+func needNetAdmin(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		if _, err := os.Stat("/dev/net/tun"); err == nil {
+			return
+		}
+	}
+	msg := "creating a TAP device needs root (CAP_NET_ADMIN) and /dev/net/tun"
+	if os.Getenv("CAPSULE_RIG") == "1" {
+		t.Fatal(msg + ", which the rig provides")
+	}
+	t.Skip(msg)
+}
+
+func TestVirtioNetTAPPingBothWays(t *testing.T) {
+	kvmtest.OpenHardware(t)
+	needNetAdmin(t)
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
+		"--net", "tap:captest0,ip=10.77.0.1/24,mac=02:00:00:00:77:02",
+		"--cmdline", "console=ttyS0 quiet reboot=k panic=-1 capsule.action=net capsule.ip=10.77.0.2/24 capsule.peer=10.77.0.1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var console strings.Builder
+	sc := bufio.NewScanner(out)
+	ready := false
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "net: ready") {
+			ready = true
+			break
+		}
+	}
+	if !ready {
+		cmd.Wait()
+		t.Fatalf("the guest's network never came up; stderr %q\nconsole:\n%s", stderr.String(), console.String())
+	}
+	if out, err := exec.Command("ping", "-c", "2", "-W", "5", "10.77.0.2").CombinedOutput(); err != nil {
+		t.Errorf("host ping of the guest: %v\n%s", err, out)
+	}
+	c, err := net.DialTimeout("tcp", "10.77.0.2:7000", 10*time.Second)
+	if err != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		t.Fatalf("TCP to the guest: %v\nconsole:\n%s", err, console.String())
+	}
+	c.Write([]byte("hello over tap\n"))
+	c.Close()
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+	}
+	if s := exitStatus(t, cmd.Wait()); s != 0 || !strings.Contains(console.String(), "net: got: hello over tap") {
+		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
+	}
+	if _, err := net.InterfaceByName("captest0"); err == nil {
+		t.Error("the TAP capsule created is still there after it exited")
 	}
 }

@@ -32,7 +32,8 @@ var initramfsPackages = []string{"gcc", "libc6-dev", "busybox-static"}
 
 // Applets are the busybox applets linked in /bin: those /init uses, and a
 // few for looking around by hand.
-var Applets = []string{"cat", "dmesg", "grep", "ls", "mount", "poweroff", "reboot", "sh", "sleep", "uname"}
+var Applets = []string{"cat", "dd", "dmesg", "grep", "ip", "ls", "mkdir", "mount", "nc", "ping", "poweroff",
+	"reboot", "sh", "sleep", "udhcpc", "umount", "uname", "wc", "wget"}
 
 func (b *builder) initramfs(ctx context.Context) (map[string]string, string, error) {
 	if err := b.ensurePackages(ctx, Initramfs, initramfsPackages); err != nil {
@@ -59,7 +60,7 @@ func (b *builder) initramfs(ctx context.Context) (map[string]string, string, err
 		return nil, "", fmt.Errorf("%s: %w", Initramfs, err)
 	}
 	bbSum := sha256.Sum256(busybox)
-	key := Key([]byte(initramfsRecipe), initScript, helperSrc, bbSum[:], toolchain)
+	key := Key([]byte(initramfsRecipe), initScript, helperSrc, bbSum[:], toolchain, []byte(strings.Join(Applets, " ")))
 	dir, hit, err := b.cached(ctx, Initramfs, key, []string{InitramfsFile}, func(ctx context.Context, out, scratch string) error {
 		helper, err := compileHelper(ctx, helperSrc, scratch)
 		if err != nil {

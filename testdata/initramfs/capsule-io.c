@@ -4,6 +4,7 @@
  *     capsule-io outb PORT VALUE
  *     capsule-io vsock-echo CID PORT MESSAGE
  *     capsule-io vsock-serve PORT
+ *     capsule-io ping IPV4ADDR
  *
  * outb writes the byte VALUE to the I/O port PORT. Both are decimal, or hex
  * with a 0x prefix. The guest's /init uses it for the boot-time marker
@@ -15,6 +16,10 @@
  * PORT, prints "vsock-serve: listening on PORT", accepts one connection and
  * echoes what it reads until the peer closes; it exits 0 after echoing at
  * least one byte.
+ *
+ * ping sends up to three ICMP echo requests to IPV4ADDR, one a second, and
+ * exits 0 at the first reply, 1 without one. Unlike busybox ping it needs
+ * no POSIX timers (the minimal test kernel has none): it waits with poll.
  *
  * It asks for all ports with iopl(3) and falls back to ioperm() for the one
  * port where iopl is refused. Both need root and a kernel built with
@@ -32,11 +37,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/ip_icmp.h>
+#include <poll.h>
 
 static const char usage[] =
 	"usage: capsule-io outb PORT VALUE\n"
 	"       capsule-io vsock-echo CID PORT MESSAGE\n"
 	"       capsule-io vsock-serve PORT\n"
+	"       capsule-io ping IPV4ADDR\n"
 	"  PORT 0-65535 and VALUE 0-255, decimal or hex with 0x\n";
 
 /* parse reads a decimal or 0x-prefixed hex number of at most max. */
@@ -143,6 +154,66 @@ static int vsock_serve(const char *port_s)
 	return total > 0 ? 0 : 1;
 }
 
+static unsigned short icmp_sum(const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	unsigned long sum = 0;
+	size_t i;
+
+	for (i = 0; i + 1 < n; i += 2)
+		sum += b[i] << 8 | b[i + 1];
+	if (n & 1)
+		sum += b[n - 1] << 8;
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return htons(~sum & 0xffff);
+}
+
+static int ping(const char *addr)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET };
+	int fd, seq;
+
+	if (inet_pton(AF_INET, addr, &to.sin_addr) != 1) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	fd = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+	if (fd < 0) {
+		fprintf(stderr, "capsule-io: raw socket: %s\n", strerror(errno));
+		return 1;
+	}
+	for (seq = 1; seq <= 3; seq++) {
+		struct icmphdr req = { .type = ICMP_ECHO };
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		unsigned char buf[1500];
+
+		req.un.echo.id = htons(getpid() & 0xffff);
+		req.un.echo.sequence = htons(seq);
+		req.checksum = icmp_sum(&req, sizeof(req));
+		if (sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&to, sizeof(to)) < 0) {
+			fprintf(stderr, "capsule-io: ping %s: %s\n", addr, strerror(errno));
+			return 1;
+		}
+		while (poll(&pfd, 1, 1000) == 1) {
+			ssize_t n = recv(fd, buf, sizeof(buf), 0);
+			struct iphdr *ip = (struct iphdr *)buf;
+			struct icmphdr *rep;
+
+			if (n < (ssize_t)sizeof(*ip) || n < ip->ihl * 4 + (ssize_t)sizeof(*rep))
+				continue;
+			rep = (struct icmphdr *)(buf + ip->ihl * 4);
+			if (ip->saddr == to.sin_addr.s_addr && rep->type == ICMP_ECHOREPLY &&
+			    rep->un.echo.id == req.un.echo.id) {
+				printf("ping: reply from %s\n", addr);
+				return 0;
+			}
+		}
+	}
+	printf("ping: no reply from %s\n", addr);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long port, value;
@@ -152,6 +223,8 @@ int main(int argc, char **argv)
 		return vsock_echo(argv[2], argv[3], argv[4]);
 	if (argc == 3 && strcmp(argv[1], "vsock-serve") == 0)
 		return vsock_serve(argv[2]);
+	if (argc == 3 && strcmp(argv[1], "ping") == 0)
+		return ping(argv[2]);
 	if (argc != 4 || strcmp(argv[1], "outb") != 0) {
 		fputs(usage, stderr);
 		return 2;
