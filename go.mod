@@ -1,12 +1,18 @@
 module github.com/capsule-vm/capsule
 
-go 1.26.0
+go 1.26.3
 
 require (
 	github.com/spf13/pflag v1.1.0
 	github.com/vishvananda/netlink v1.3.1
 	golang.org/x/sys v0.50.0
 	golang.org/x/term v0.48.0
+	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
 )
 
-require github.com/vishvananda/netns v0.0.5 // indirect
+require (
+	github.com/google/btree v1.1.2 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
+	golang.org/x/exp v0.0.0-20250711185948-6ae5c78190dc // indirect
+	golang.org/x/time v0.15.0 // indirect
+)

@@ -167,6 +167,8 @@ func openVirtio(cfg Config) ([]virtio.Device, []func() error, error) {
 			return fail(fmt.Errorf("--disk %s given twice", d.Path))
 		}
 		seen[d.Path] = true
+	}
+	for _, d := range cfg.Disks {
 		b, err := blk.Open(d.Path, d.ReadOnly)
 		if err != nil {
 			return fail(err)
