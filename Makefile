@@ -119,6 +119,8 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=^FuzzPop$$ -fuzztime=10s ./virtio
 	$(GO) test -run=NONE -fuzz=^FuzzRequest$$ -fuzztime=10s ./virtio/blk
 	$(GO) test -run=NONE -fuzz=^FuzzPacket$$ -fuzztime=10s ./virtio/vsock
+	$(GO) test -run=NONE -fuzz=^FuzzDHCP$$ -fuzztime=10s ./virtio/net/usernet
+	$(GO) test -run=NONE -fuzz=^FuzzGuestFrame$$ -fuzztime=10s ./virtio/net/usernet
 
 clean:
 	rm -rf bin $(GUESTS) $(IMG)

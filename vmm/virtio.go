@@ -16,6 +16,7 @@ import (
 	"github.com/capsule-vm/capsule/virtio/blk"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 	"github.com/capsule-vm/capsule/virtio/net/tap"
+	"github.com/capsule-vm/capsule/virtio/net/usernet"
 	"github.com/capsule-vm/capsule/virtio/rng"
 	"github.com/capsule-vm/capsule/virtio/vsock"
 )
@@ -83,8 +84,13 @@ func ParseVsock(s string) (Vsock, error) {
 	return Vsock{CID: cid, Path: path}, nil
 }
 
-// Net is a virtio-net interface of a VM.
+// Net is a virtio-net interface of a VM: on a TAP device, or on the
+// user-mode network when User is set.
 type Net struct {
+	// User selects the rootless user-mode network (package usernet), with
+	// HostFwds.
+	User     bool
+	HostFwds []usernet.HostFwd
 	// TAP is the name of the host TAP device.
 	TAP string
 	// HostAddr is given to a TAP capsule creates (nil: none).
@@ -93,20 +99,37 @@ type Net struct {
 	MAC net.HardwareAddr
 }
 
-// ParseNet parses a --net value: tap:NAME[,mac=MAC][,ip=ADDR/PREFIX].
+// ParseNet parses a --net value: tap:NAME[,mac=MAC][,ip=ADDR/PREFIX] or
+// user[,mac=MAC][,hostfwd=RULE]....
 func ParseNet(s string) (Net, error) {
-	kind, rest, _ := strings.Cut(s, ":")
-	if kind != "tap" {
-		return Net{}, fmt.Errorf("--net %q: want tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
+	var n Net
+	var opts string
+	switch {
+	case s == "user" || strings.HasPrefix(s, "user,"):
+		n.User = true
+		_, opts, _ = strings.Cut(s, ",")
+	case strings.HasPrefix(s, "tap:"):
+		n.TAP, opts, _ = strings.Cut(strings.TrimPrefix(s, "tap:"), ",")
+		if n.TAP == "" {
+			return Net{}, fmt.Errorf("--net %q: the TAP needs a name, as in tap:tap0", s)
+		}
+	default:
+		return Net{}, fmt.Errorf("--net %q: want user[,hostfwd=tcp:HOSTPORT-:GUESTPORT...] or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
 	}
-	name, opts, _ := strings.Cut(rest, ",")
-	if name == "" {
-		return Net{}, fmt.Errorf("--net %q: the TAP needs a name, as in tap:tap0", s)
-	}
-	n := Net{TAP: name}
 	if opts != "" {
 		for _, o := range strings.Split(opts, ",") {
 			key, val, _ := strings.Cut(o, "=")
+			switch {
+			case key == "hostfwd" && n.User:
+				f, err := usernet.ParseHostFwd(val)
+				if err != nil {
+					return Net{}, fmt.Errorf("--net %q: %w", s, err)
+				}
+				n.HostFwds = append(n.HostFwds, f)
+				continue
+			case key == "ip" && n.User:
+				return Net{}, fmt.Errorf("--net %q: ip= is for tap; the user network's addresses are fixed (guest 10.0.2.15, host 10.0.2.2)", s)
+			}
 			switch key {
 			case "mac":
 				m, err := vnet.ParseMAC(val)
@@ -122,7 +145,11 @@ func ParseNet(s string) (Net, error) {
 				ipnet.IP = ip
 				n.HostAddr = ipnet
 			default:
-				return Net{}, fmt.Errorf("--net %q: unknown option %q (known: mac, ip)", s, key)
+				known := "mac, ip"
+				if n.User {
+					known = "mac, hostfwd"
+				}
+				return Net{}, fmt.Errorf("--net %q: unknown option %q (known: %s)", s, key, known)
 			}
 		}
 	}
@@ -178,19 +205,29 @@ func openVirtio(cfg Config) ([]virtio.Device, []func() error, error) {
 	}
 	taps := map[string]bool{}
 	for _, n := range cfg.Nets {
-		if taps[n.TAP] {
-			return fail(fmt.Errorf("--net tap:%s given twice", n.TAP))
-		}
-		taps[n.TAP] = true
-		t, err := tap.Open(n.TAP, n.HostAddr)
-		if err != nil {
-			return fail(fmt.Errorf("--net: %w", err))
+		var be vnet.Backend
+		if n.User {
+			u, err := usernet.New(n.HostFwds)
+			if err != nil {
+				return fail(fmt.Errorf("--net user: %w", err))
+			}
+			be = u
+		} else {
+			if taps[n.TAP] {
+				return fail(fmt.Errorf("--net tap:%s given twice", n.TAP))
+			}
+			taps[n.TAP] = true
+			t, err := tap.Open(n.TAP, n.HostAddr)
+			if err != nil {
+				return fail(fmt.Errorf("--net: %w", err))
+			}
+			be = t
 		}
 		mac := n.MAC
 		if mac == nil {
 			mac = vnet.RandomMAC()
 		}
-		d := vnet.New(mac, t)
+		d := vnet.New(mac, be)
 		devs = append(devs, d)
 		closers = append(closers, d.Close)
 	}

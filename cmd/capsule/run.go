@@ -57,10 +57,14 @@ to I/O port 0xf5) goes to stderr.
 		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
 		"no second VM can write it")
 	var nets []string
-	fs.StringArrayVar(&nets, "net", nil, "add a virtio-net interface (repeatable; eth0, eth1, ...) on the host TAP device\n"+
-		"`tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]`. A TAP that does not exist is created (root or\n"+
-		"CAP_NET_ADMIN), brought up, given ip= as the host's address, and removed when capsule\n"+
-		"exits; an existing one is used as it is. mac= sets the guest's MAC (default: random)")
+	fs.StringArrayVar(&nets, "net", nil, "add a virtio-net interface `MODE` (repeatable; eth0, eth1, ...); MODE is one of\n"+
+		"  user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...  rootless user-mode network: the guest\n"+
+		"      gets 10.0.2.15/24 by DHCP (gateway 10.0.2.2, DNS 10.0.2.3); 10.0.2.2 is the host's\n"+
+		"      127.0.0.1; hostfwd (repeatable, tcp or udp) makes a host port reach a guest port\n"+
+		"  tap:NAME[,ip=ADDR/PREFIX]  the host TAP device NAME; one that does not exist is created\n"+
+		"      (root or CAP_NET_ADMIN), brought up with ip= as the host's address, and removed when\n"+
+		"      capsule exits; an existing one is used as it is\n"+
+		"and mac=MAC sets the guest's MAC (default: random)")
 	var vsocks []string
 	fs.StringArrayVar(&vsocks, "vsock", nil, "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
 		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+

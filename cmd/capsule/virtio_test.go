@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,5 +280,69 @@ func TestVirtioNetTAPPingBothWays(t *testing.T) {
 	}
 	if _, err := net.InterfaceByName("captest0"); err == nil {
 		t.Error("the TAP capsule created is still there after it exited")
+	}
+}
+
+func TestVirtioNetUserHTTPBothWays(t *testing.T) {
+	kvmtest.OpenHardware(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from the host")
+	}))
+	defer srv.Close()
+	srvPort := srv.Listener.Addr().(*net.TCPAddr).Port
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwdPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
+		"--net", fmt.Sprintf("user,hostfwd=tcp:127.0.0.1:%d-:8080", fwdPort),
+		"--cmdline", fmt.Sprintf("console=ttyS0 quiet reboot=k panic=-1 capsule.action=usernet capsule.peer=10.0.2.2:%d", srvPort))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var console strings.Builder
+	sc := bufio.NewScanner(out)
+	ready := false
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "usernet: ready") {
+			ready = true
+			break
+		}
+	}
+	if !ready {
+		cmd.Wait()
+		t.Fatalf("the guest's user network never came up; stderr %q\nconsole:\n%s", stderr.String(), console.String())
+	}
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", fwdPort))
+	if err != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		t.Fatalf("GET through hostfwd: %v\nconsole:\n%s", err, console.String())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hello from the guest\n" {
+		t.Errorf("hostfwd answer %q", body)
+	}
+	for sc.Scan() {
+		console.WriteString(sc.Text() + "\n")
+	}
+	if s := exitStatus(t, cmd.Wait()); s != 0 {
+		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
+	}
+	for _, want := range []string{"usernet: address inet 10.0.2.15/24", "usernet: host page: hello from the host"} {
+		if !strings.Contains(console.String(), want) {
+			t.Errorf("console lacks %q:\n%s", want, console.String())
+		}
 	}
 }

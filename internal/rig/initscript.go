@@ -45,6 +45,8 @@ done
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading kvm-amd"
 [ -d /sys/module/kvm_amd ] || fail "kvm_amd is not loaded"
 chmod 666 /dev/kvm
+# Tests use the loopback interface (servers on 127.0.0.1).
+ip link set lo up || fail "ip link set lo up failed"
 cd "$RIG_DIR" || fail "cd $RIG_DIR failed"
 say run
 rig_test </dev/null
