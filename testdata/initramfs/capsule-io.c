@@ -5,6 +5,8 @@
  *     capsule-io vsock-echo CID PORT MESSAGE
  *     capsule-io vsock-serve PORT
  *     capsule-io ping IPV4ADDR
+ *     capsule-io blkbench DEVICE MIB
+ *     capsule-io tcpsend IPV4ADDR PORT SECONDS
  *
  * outb writes the byte VALUE to the I/O port PORT. Both are decimal, or hex
  * with a 0x prefix. The guest's /init uses it for the boot-time marker
@@ -21,6 +23,14 @@
  * exits 0 at the first reply, 1 without one. Unlike busybox ping it needs
  * no POSIX timers (the minimal test kernel has none): it waits with poll.
  *
+ * blkbench measures DEVICE with O_DIRECT (no guest page cache): MIB MiB of
+ * sequential 1 MiB writes (then fdatasync), the same of sequential 1 MiB
+ * reads, then 4 KiB reads at random offsets in that range for two
+ * seconds, one at a time, and prints
+ * "blkbench: seqwrite=W MB/s seqread=R MB/s randread=N IOPS".
+ * tcpsend connects to IPV4ADDR:PORT and writes 64 KiB blocks for SECONDS,
+ * then closes; the receiver measures.
+ *
  * It asks for all ports with iopl(3) and falls back to ioperm() for the one
  * port where iopl is refused. Both need root and a kernel built with
  * CONFIG_X86_IOPL_IOPERM (ENOSYS otherwise). Since Linux 5.5, iopl() does
@@ -30,6 +40,7 @@
  * Exit status: 0 written, 1 no port access (not root?), 2 usage error.
  * Built by internal/images with gcc -static -Os.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,12 +53,17 @@
 #include <netinet/ip.h>
 #include <netinet/ip_icmp.h>
 #include <poll.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
 
 static const char usage[] =
 	"usage: capsule-io outb PORT VALUE\n"
 	"       capsule-io vsock-echo CID PORT MESSAGE\n"
 	"       capsule-io vsock-serve PORT\n"
 	"       capsule-io ping IPV4ADDR\n"
+	"       capsule-io blkbench DEVICE MIB\n"
+	"       capsule-io tcpsend IPV4ADDR PORT SECONDS\n"
 	"  PORT 0-65535 and VALUE 0-255, decimal or hex with 0x\n";
 
 /* parse reads a decimal or 0x-prefixed hex number of at most max. */
@@ -214,6 +230,91 @@ static int ping(const char *addr)
 	return 1;
 }
 
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int blkbench(const char *dev, const char *mib_s)
+{
+	unsigned long mib, i, ios = 0;
+	double t0, wr, rd, end;
+	unsigned char *buf;
+	int fd;
+
+	if (parse(mib_s, 1 << 20, &mib) != 0 || mib == 0) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	fd = open(dev, O_RDWR | O_DIRECT);
+	if (fd < 0 || posix_memalign((void **)&buf, 4096, 1 << 20) != 0) {
+		fprintf(stderr, "capsule-io: %s: %s\n", dev, strerror(errno));
+		return 1;
+	}
+	memset(buf, 0x5a, 1 << 20);
+	t0 = now();
+	for (i = 0; i < mib; i++)
+		if (pwrite(fd, buf, 1 << 20, (off_t)i << 20) != 1 << 20)
+			goto fail;
+	if (fdatasync(fd) != 0)
+		goto fail;
+	wr = now() - t0;
+	t0 = now();
+	for (i = 0; i < mib; i++)
+		if (pread(fd, buf, 1 << 20, (off_t)i << 20) != 1 << 20)
+			goto fail;
+	rd = now() - t0;
+	srand(1);
+	t0 = now();
+	end = t0 + 2;
+	while (now() < end) {
+		off_t off = ((off_t)rand() % (off_t)(mib * 256)) * 4096;
+
+		if (pread(fd, buf, 4096, off) != 4096)
+			goto fail;
+		ios++;
+	}
+	printf("blkbench: seqwrite=%.1f MB/s seqread=%.1f MB/s randread=%.0f IOPS\n",
+		mib * 1.048576 / wr, mib * 1.048576 / rd, ios / (now() - t0));
+	return 0;
+fail:
+	fprintf(stderr, "capsule-io: blkbench %s: %s\n", dev, strerror(errno));
+	return 1;
+}
+
+static int tcpsend(const char *addr, const char *port_s, const char *secs_s)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET };
+	unsigned long port, secs;
+	static char buf[65536];
+	double end;
+	int fd;
+
+	if (inet_pton(AF_INET, addr, &to.sin_addr) != 1 || parse(port_s, 0xffff, &port) != 0 ||
+	    parse(secs_s, 3600, &secs) != 0) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	to.sin_port = htons(port);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0) {
+		fprintf(stderr, "capsule-io: tcpsend %s:%lu: %s\n", addr, port, strerror(errno));
+		return 1;
+	}
+	memset(buf, 'c', sizeof(buf));
+	end = now() + secs;
+	while (now() < end)
+		if (write(fd, buf, sizeof(buf)) <= 0) {
+			fprintf(stderr, "capsule-io: tcpsend: %s\n", strerror(errno));
+			return 1;
+		}
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long port, value;
@@ -225,6 +326,10 @@ int main(int argc, char **argv)
 		return vsock_serve(argv[2]);
 	if (argc == 3 && strcmp(argv[1], "ping") == 0)
 		return ping(argv[2]);
+	if (argc == 4 && strcmp(argv[1], "blkbench") == 0)
+		return blkbench(argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "tcpsend") == 0)
+		return tcpsend(argv[2], argv[3], argv[4]);
 	if (argc != 4 || strcmp(argv[1], "outb") != 0) {
 		fputs(usage, stderr);
 		return 2;

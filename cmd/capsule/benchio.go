@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Device workloads of capsule bench: the test initramfs runs the
+// measurement in the guest (capsule.action=blkbench or netbench) under
+// capsule and under QEMU with the same kernel, initrd and virtio-mmio
+// devices, alternating.
+
+// ioSample is one run's figures; zero means not measured.
+type ioSample struct {
+	SeqWriteMBps float64 `json:"seq_write_mbps,omitempty"`
+	SeqReadMBps  float64 `json:"seq_read_mbps,omitempty"`
+	RandReadIOPS float64 `json:"rand_read_4k_iops,omitempty"`
+	TCPMBps      float64 `json:"tcp_guest_to_host_mbps,omitempty"`
+}
+
+type ioReport struct {
+	Workload string     `json:"workload"`
+	Kernel   string     `json:"kernel"`
+	Initrd   string     `json:"initrd"`
+	Runs     int        `json:"runs"`
+	Date     string     `json:"date"`
+	Host     string     `json:"host"`
+	Capsule  []ioSample `json:"capsule"`
+	QEMU     []ioSample `json:"qemu,omitempty"`
+}
+
+// blkbenchLine is capsule-io blkbench's result line.
+var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=([\d.]+) MB/s randread=([\d.]+) IOPS`)
+
+func benchIO(ctx context.Context, self string, c benchConfig, workload string, stdout, stderr io.Writer) error {
+	rep := ioReport{Workload: workload, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
+		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	for i := range c.runs {
+		s, err := ioRun(ctx, self, c, workload, false)
+		if err != nil {
+			return fmt.Errorf("capsule run %d: %w", i+1, err)
+		}
+		rep.Capsule = append(rep.Capsule, s)
+		if c.against == "qemu" {
+			q, err := ioRun(ctx, self, c, workload, true)
+			if err != nil {
+				return fmt.Errorf("qemu run %d: %w", i+1, err)
+			}
+			rep.QEMU = append(rep.QEMU, q)
+		}
+		if !c.json {
+			fmt.Fprintf(stderr, "bench: run %d/%d done\n", i+1, c.runs)
+		}
+	}
+	if c.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	rep.print(stdout)
+	return nil
+}
+
+// ioRun boots the guest once under capsule (or QEMU) with the workload's
+// device and returns what it measured.
+func ioRun(ctx context.Context, self string, c benchConfig, workload string, qemu bool) (ioSample, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "capsule-bench-")
+	if err != nil {
+		return ioSample{}, err
+	}
+	defer os.RemoveAll(dir)
+	cmdline := c.cmdline
+	var capsuleArgs, qemuDev []string
+	var sink *tcpSink
+	switch workload {
+	case "disk":
+		img := filepath.Join(dir, "disk.img")
+		if err := os.WriteFile(img, nil, 0o644); err != nil {
+			return ioSample{}, err
+		}
+		if err := os.Truncate(img, 80<<20); err != nil {
+			return ioSample{}, err
+		}
+		cmdline += " capsule.action=blkbench"
+		capsuleArgs = []string{"--disk", img}
+		qemuDev = []string{"-drive", "id=d0,file=" + img + ",format=raw,if=none", "-device", "virtio-blk-device,drive=d0"}
+	case "net":
+		if sink, err = newTCPSink(); err != nil {
+			return ioSample{}, err
+		}
+		defer sink.close()
+		cmdline += fmt.Sprintf(" capsule.action=netbench capsule.peer=10.0.2.2:%d", sink.port())
+		capsuleArgs = []string{"--net", "user"}
+		qemuDev = []string{"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"}
+	}
+	var cmd *exec.Cmd
+	if qemu {
+		qc := c
+		qc.cmdline = cmdline
+		cmd = exec.CommandContext(ctx, c.qemu, append(qemuArgs(qc), qemuDev...)...)
+	} else {
+		args := append([]string{"run", "-q", "--kernel", c.kernel, "--cmdline", cmdline,
+			"--cpus", strconv.Itoa(c.cpus), "--memory", strconv.Itoa(c.memory)}, capsuleArgs...)
+		if c.initrd != "" {
+			args = append(args, "--initrd", c.initrd)
+		}
+		cmd = exec.CommandContext(ctx, self, args...)
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	runErr := cmd.Run()
+	who := "capsule"
+	if qemu {
+		who = "QEMU"
+	}
+	fail := func(what string) (ioSample, error) {
+		return ioSample{}, fmt.Errorf("%s: %s (%v; stderr %q; console %q)", who, what, runErr, lastBytes(errOut.Bytes(), 300), lastBytes(out.Bytes(), 600))
+	}
+	switch workload {
+	case "disk":
+		m := blkbenchLine.FindStringSubmatch(out.String())
+		if m == nil {
+			return fail("no blkbench result on the console")
+		}
+		var v [3]float64
+		for i := range v {
+			v[i], _ = strconv.ParseFloat(m[i+1], 64)
+		}
+		return ioSample{SeqWriteMBps: v[0], SeqReadMBps: v[1], RandReadIOPS: v[2]}, nil
+	default:
+		mbps, ok := sink.result()
+		if !ok || !strings.Contains(out.String(), "netbench: sent") {
+			return fail("the guest did not send its 5 s of TCP")
+		}
+		return ioSample{TCPMBps: mbps}, nil
+	}
+}
+
+// tcpSink takes one connection on 127.0.0.1 (the guest's 10.0.2.2) and
+// measures the rate from its first byte to its end.
+type tcpSink struct {
+	l     net.Listener
+	wg    sync.WaitGroup
+	bytes int64
+	dur   time.Duration
+}
+
+func newTCPSink() (*tcpSink, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &tcpSink{l: l}
+	s.wg.Go(func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1<<20)
+		var start time.Time
+		for {
+			n, err := c.Read(buf)
+			if n > 0 && start.IsZero() {
+				start = time.Now()
+			}
+			s.bytes += int64(n)
+			if err != nil {
+				break
+			}
+		}
+		if !start.IsZero() {
+			s.dur = time.Since(start)
+		}
+	})
+	return s, nil
+}
+
+func (s *tcpSink) port() int { return s.l.Addr().(*net.TCPAddr).Port }
+
+func (s *tcpSink) close() {
+	s.l.Close()
+	s.wg.Wait()
+}
+
+// result is the rate in MB/s; it waits for the connection to end.
+func (s *tcpSink) result() (float64, bool) {
+	s.close()
+	if s.dur <= 0 || s.bytes == 0 {
+		return 0, false
+	}
+	return float64(s.bytes) / 1e6 / s.dur.Seconds(), true
+}
+
+func median(v []float64) float64 {
+	var x []float64
+	for _, f := range v {
+		if f > 0 {
+			x = append(x, f)
+		}
+	}
+	if len(x) == 0 {
+		return 0
+	}
+	slices.Sort(x)
+	return x[(len(x)-1)/2]
+}
+
+func (r ioReport) print(w io.Writer) {
+	fmt.Fprintf(w, "capsule bench --workload %s, %s, %s\n", r.Workload, r.Date, r.Host)
+	fmt.Fprintf(w, "kernel %s, initrd %s, %d runs each, alternating\n\n", r.Kernel, r.Initrd, r.Runs)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\tqemu (%s)\tratio capsule/qemu\n", qemuMachine)
+	row := func(name string, f func(ioSample) float64) {
+		var cv, qv []float64
+		for _, s := range r.Capsule {
+			cv = append(cv, f(s))
+		}
+		for _, s := range r.QEMU {
+			qv = append(qv, f(s))
+		}
+		c, q := median(cv), median(qv)
+		qs, ratio := "n/a", "n/a"
+		if q > 0 {
+			qs = strconv.FormatFloat(q, 'f', 1, 64)
+			ratio = strconv.FormatFloat(c/q, 'f', 2, 64) + "×"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, strconv.FormatFloat(c, 'f', 1, 64), qs, ratio)
+	}
+	if r.Workload == "disk" {
+		row("virtio-blk sequential write, MB/s (1 MiB, O_DIRECT)", func(s ioSample) float64 { return s.SeqWriteMBps })
+		row("virtio-blk sequential read, MB/s (1 MiB, O_DIRECT)", func(s ioSample) float64 { return s.SeqReadMBps })
+		row("virtio-blk random read, IOPS (4 KiB, queue depth 1)", func(s ioSample) float64 { return s.RandReadIOPS })
+	} else {
+		row("virtio-net TCP guest → host, MB/s (user-mode network)", func(s ioSample) float64 { return s.TCPMBps })
+	}
+	tw.Flush()
+}
