@@ -7,6 +7,7 @@ SHELL := /bin/bash
 #   make test       install what is missing, build, run every test (host + rig)
 #   make images     fetch/build the Linux guest images into testdata/images (cached)
 #   make bench      boot-time benchmark against QEMU, in the rig
+#   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -27,7 +28,7 @@ GUESTS = $(patsubst %.S,%.elf,$(wildcard testdata/guests/*.S))
 IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
-.PHONY: all deps demo test test-host test-rig fuzz vet clean images demo-images bench
+.PHONY: all deps demo test test-host test-rig fuzz vet clean images demo-images bench bench-io
 
 all: bin/capsule bin/kvmrig $(GUESTS)
 
@@ -90,12 +91,19 @@ BENCH_KERNEL ?= $(IMG)/minimal.vmlinux
 BENCH_RUNS ?= 10
 BENCH_ARGS = bench --kernel $(CURDIR)/$(BENCH_KERNEL) --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
 	--runs $(BENCH_RUNS) --against qemu
+# bench-io: virtio-blk (capsule-io blkbench) and virtio-net (TCP over the
+# user-mode network) against QEMU microvm with the same devices.
+BENCH_IO_RUNS ?= 5
+BENCH_IO_ARGS = bench --kernel $(CURDIR)/$(IMG)/minimal.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
+	--runs $(BENCH_IO_RUNS) --against qemu --timeout 3m
+BENCH_VMM = if bin/capsule probe | grep -q '^kvm: hardware'; then bin/capsule $$args; \
+	else CAPSULE_RIG_QEMU=1 CAPSULE_RIG_CPUS=2 bin/kvmrig $(CURDIR)/bin/capsule $$args; fi
 bench: deps all images
-	@if bin/capsule probe | grep -q '^kvm: hardware'; then \
-		bin/capsule $(BENCH_ARGS); \
-	else \
-		CAPSULE_RIG_QEMU=1 CAPSULE_RIG_CPUS=2 bin/kvmrig $(CURDIR)/bin/capsule $(BENCH_ARGS); \
-	fi
+	@args="$(BENCH_ARGS)"; $(BENCH_VMM)
+
+bench-io: deps all images
+	@args="$(BENCH_IO_ARGS) --workload disk"; $(BENCH_VMM)
+	@args="$(BENCH_IO_ARGS) --workload net"; $(BENCH_VMM)
 
 test: deps all vet test-host test-rig fuzz
 

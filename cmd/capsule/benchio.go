@@ -34,6 +34,7 @@ type ioSample struct {
 
 type ioReport struct {
 	Workload string     `json:"workload"`
+	Machine  string     `json:"qemu_machine"`
 	Kernel   string     `json:"kernel"`
 	Initrd   string     `json:"initrd"`
 	Runs     int        `json:"runs"`
@@ -47,7 +48,7 @@ type ioReport struct {
 var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=([\d.]+) MB/s randread=([\d.]+) IOPS`)
 
 func benchIO(ctx context.Context, self string, c benchConfig, workload string, stdout, stderr io.Writer) error {
-	rep := ioReport{Workload: workload, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
+	rep := ioReport{Workload: workload, Machine: c.qemuMachine, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
 		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
 	for i := range c.runs {
 		s, err := ioRun(ctx, self, c, workload, false)
@@ -226,7 +227,7 @@ func (r ioReport) print(w io.Writer) {
 	fmt.Fprintf(w, "capsule bench --workload %s, %s, %s\n", r.Workload, r.Date, r.Host)
 	fmt.Fprintf(w, "kernel %s, initrd %s, %d runs each, alternating\n\n", r.Kernel, r.Initrd, r.Runs)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\tqemu (%s)\tratio capsule/qemu\n", qemuMachine)
+	fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\tqemu (%s)\tratio capsule/qemu\n", r.Machine)
 	row := func(name string, f func(ioSample) float64) {
 		var cv, qv []float64
 		for _, s := range r.Capsule {
