@@ -1,6 +1,7 @@
 package vsock
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
@@ -21,7 +22,8 @@ func FuzzPacket(f *testing.F) {
 		copy(b[HeaderSize:], data)
 		return b
 	}
-	base := Header{SrcCID: 3, DstCID: HostCID, SrcPort: 1, DstPort: 2, Type: TypeStream, BufAlloc: 4096}
+	cid := uint64(100000 + os.Getpid()) // CIDs are locked host-wide; fuzz workers are processes
+	base := Header{SrcCID: cid, DstCID: HostCID, SrcPort: 1, DstPort: 2, Type: TypeStream, BufAlloc: 4096}
 	for _, op := range []uint16{OpRequest, OpResponse, OpRst, OpShutdown, OpRW, OpCreditUpdate, OpCreditRequest, 0, 99} {
 		h := base
 		h.Op = op
@@ -38,7 +40,7 @@ func FuzzPacket(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { os.RemoveAll(dir) })
-	d, err := Open(3, filepath.Join(dir, "s"))
+	d, err := Open(cid, filepath.Join(dir, "s"))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -57,6 +59,12 @@ func FuzzPacket(f *testing.F) {
 			if len(p) > 1<<20 {
 				return
 			}
+			// Seeds carry the coordinator's CID; make most inputs come
+			// from this worker's guest, keeping some foreign ones.
+			if len(p) >= 8 && p[7] != 0xff {
+				p = append([]byte(nil), p...)
+				binary.LittleEndian.PutUint64(p, cid)
+			}
 			mem.WriteAt(p, 0x1000)
 			c := virtio.Chain{Readable: []virtio.Buffer{{Addr: 0x1000, Len: uint32(len(p))}}}
 			d.handleTx(a, c, nil)
@@ -66,7 +74,7 @@ func FuzzPacket(f *testing.F) {
 		d.pending = nil
 		d.mu.Unlock()
 		for _, p := range pending {
-			if p.hdr.SrcCID != HostCID || p.hdr.DstCID != 3 {
+			if p.hdr.SrcCID != HostCID || p.hdr.DstCID != cid {
 				t.Errorf("answer from %d to %d", p.hdr.SrcCID, p.hdr.DstCID)
 			}
 		}

@@ -23,11 +23,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/capsule-vm/capsule/virtio"
 )
@@ -57,10 +60,11 @@ type connKey struct {
 
 // Device is a virtio-vsock device bridged to Unix sockets.
 type Device struct {
-	cid  uint64
-	path string
-	ln   *net.UnixListener
-	done chan struct{} // closed by Close
+	cid     uint64
+	path    string
+	ln      *net.UnixListener
+	done    chan struct{} // closed by Close
+	cidLock *os.File      // the host-wide lock of the CID
 
 	mu       sync.Mutex
 	active   bool
@@ -89,13 +93,52 @@ func ValidateCID(cid uint64) error {
 	return nil
 }
 
+// cidLockDir holds one lock file per CID in use by a capsule VM on this
+// host, so that two VMs do not claim the same guest address.
+var cidLockDir = filepath.Join(os.TempDir(), "capsule-vsock-cids")
+
+// lockCID takes the host-wide lock of cid, held until the file is closed.
+func lockCID(cid uint64) (*os.File, error) {
+	if err := os.MkdirAll(cidLockDir, 0o1777); err != nil {
+		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
+	}
+	f, err := os.OpenFile(filepath.Join(cidLockDir, strconv.FormatUint(cid, 10)), os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
+	}
+	fl := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("vsock CID %d is in use by another capsule VM on this host", cid)
+		}
+		return nil, fmt.Errorf("vsock CID %d: lock: %w", cid, err)
+	}
+	return f, nil
+}
+
 // Open creates the device for guest cid, listening on the Unix socket
 // path. A stale socket file at path is replaced; a live one, or any
-// other file, is an error.
+// other file, is an error, and so is a CID another capsule VM on this
+// host uses.
 func Open(cid uint64, path string) (*Device, error) {
 	if err := ValidateCID(cid); err != nil {
 		return nil, err
 	}
+	cidLock, err := lockCID(cid)
+	if err != nil {
+		return nil, err
+	}
+	d, err := open(cid, path)
+	if err != nil {
+		cidLock.Close()
+		return nil, err
+	}
+	d.cidLock = cidLock
+	return d, nil
+}
+
+func open(cid uint64, path string) (*Device, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("vsock socket %s: a file that is not a socket is in the way", path)
@@ -138,7 +181,11 @@ func (d *Device) Path() string { return d.path }
 func (d *Device) Close() error {
 	d.Reset()
 	close(d.done)
-	return d.ln.Close()
+	err := d.ln.Close()
+	if d.cidLock != nil {
+		d.cidLock.Close()
+	}
+	return err
 }
 
 // Type implements virtio.Device.

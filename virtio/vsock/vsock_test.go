@@ -15,8 +15,10 @@ import (
 	"github.com/capsule-vm/capsule/virtio/vsock"
 )
 
+// guestCID is unique to this process: CIDs are locked host-wide.
+var guestCID = uint64(1000 + os.Getpid())
+
 const (
-	guestCID = 3
 	rxBase   = virtiotest.DataBase
 	rxLen    = vsock.HeaderSize + 4096
 	txBase   = virtiotest.DataBase + 0x100000
@@ -299,16 +301,19 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := vsock.Open(2, filepath.Join(dir, "a")); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("CID 2: %v", err)
 	}
-	if _, err := vsock.Open(3, file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := vsock.Open(guestCID, file); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("regular file: %v", err)
 	}
 	live := filepath.Join(dir, "live")
-	d, err := vsock.Open(3, live)
+	d, err := vsock.Open(guestCID, live)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vsock.Open(4, live); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := vsock.Open(guestCID+1, live); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("socket in use: %v", err)
+	}
+	if _, err := vsock.Open(guestCID, filepath.Join(dir, "other")); err == nil || !strings.Contains(err.Error(), "is in use by another capsule VM") {
+		t.Errorf("duplicate CID: %v", err)
 	}
 	d.Close()
 	if _, err := os.Stat(live); !os.IsNotExist(err) {
@@ -318,7 +323,7 @@ func TestOpenErrors(t *testing.T) {
 	ln, _ := net.ListenUnix("unix", &net.UnixAddr{Name: live, Net: "unix"})
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
-	d, err = vsock.Open(3, live)
+	d, err = vsock.Open(guestCID, live)
 	if err != nil {
 		t.Fatalf("stale socket: %v", err)
 	}
