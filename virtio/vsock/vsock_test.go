@@ -19,10 +19,10 @@ import (
 var guestCID = uint64(1000 + os.Getpid())
 
 const (
-	rxBase   = virtiotest.DataBase
-	rxLen    = vsock.HeaderSize + 4096
-	txBase   = virtiotest.DataBase + 0x100000
-	rxBufs   = 8
+	rxBase = virtiotest.DataBase
+	rxLen  = vsock.HeaderSize + 4096
+	txBase = virtiotest.DataBase + 0x100000
+	rxBufs = 8
 )
 
 // guest plays the guest's vsock driver.
