@@ -87,28 +87,41 @@ func (q *Queue) Validate(mem *machine.GuestMemory) error {
 // consumed (Chain.Head is set) so that the device can complete it with an
 // error status.
 func (q *Queue) Pop(mem *machine.GuestMemory) (c Chain, ok bool, err error) {
+	ok, err = q.PopInto(mem, &c)
+	return c, ok, err
+}
+
+// PopInto is Pop that fills c, reusing the capacity of its buffer slices,
+// so that a device serving a busy queue does not allocate per request.
+func (q *Queue) PopInto(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
+	c.Head, c.Readable, c.Writable = 0, c.Readable[:0], c.Writable[:0]
+	ok, err = q.pop(mem, c)
+	return ok, err
+}
+
+func (q *Queue) pop(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
 	word, err := mem.LoadUint32Atomic(q.Avail) // flags | idx<<16, ordered
 	if err != nil {
-		return Chain{}, false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
+		return false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
 	}
 	availIdx := uint16(word >> 16)
 	pending := availIdx - q.nextAvail
 	if pending == 0 {
-		return Chain{}, false, nil
+		return false, nil
 	}
 	if pending > q.Size {
-		return Chain{}, false, fmt.Errorf("%w: available index %d is %d ahead of the device, more than the queue size %d", ErrBadQueue, availIdx, pending, q.Size)
+		return false, fmt.Errorf("%w: available index %d is %d ahead of the device, more than the queue size %d", ErrBadQueue, availIdx, pending, q.Size)
 	}
 	head, err := mem.Uint16(q.Avail + 4 + 2*uint64(q.nextAvail%q.Size))
 	if err != nil {
-		return Chain{}, false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
+		return false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
 	}
 	q.nextAvail++
 	c.Head = head
-	if err := q.walk(mem, &c); err != nil {
-		return c, true, err
+	if err := q.walk(mem, c); err != nil {
+		return true, err
 	}
-	return c, true, nil
+	return true, nil
 }
 
 type desc struct {

@@ -15,7 +15,8 @@ const interruptEvery = 64
 // Handler serves one request: c is the popped chain, and chainErr, when
 // not nil, says why the chain is invalid (its buffers are then those read
 // before the fault, each inside RAM). It returns the number of bytes it
-// wrote into the chain's device-writable buffers.
+// wrote into the chain's device-writable buffers. The chain's buffer
+// slices are reused for the next request: a handler must not keep them.
 type Handler func(c Chain, chainErr error) (written uint32)
 
 // Serve runs a request/response queue until stop is closed: on each kick
@@ -34,13 +35,14 @@ func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
 		case <-a.Kicks[qi]:
 		}
 		done := 0
+		var c Chain // reused: no allocation per request
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			c, ok, err := q.Pop(a.Mem)
+			ok, err := q.PopInto(a.Mem, &c)
 			if errors.Is(err, ErrBadQueue) {
 				a.Fail(fmt.Errorf("queue %d: %w", qi, err))
 				return

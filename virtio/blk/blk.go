@@ -62,6 +62,12 @@ type Device struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	// Scratch space of transfer, reused across requests (requests are
+	// served one at a time).
+	spans   []virtio.Buffer
+	spanLen []uint64
+	iovs    [][]byte
 }
 
 // Open opens the image at path and locks it. The image's size is rounded
@@ -264,8 +270,7 @@ func (d *Device) span(sector, length uint64) (uint64, bool) {
 func (d *Device) transfer(a virtio.Activation, bufs []virtio.Buffer, off uint64, write bool) error {
 	// Guest-physically adjacent buffers become one iovec (when they lie
 	// in one RAM region).
-	var spans []virtio.Buffer
-	var spanLen []uint64
+	spans, spanLen := d.spans[:0], d.spanLen[:0]
 	for _, b := range bufs {
 		if n := len(spans); n > 0 && spans[n-1].Addr+spanLen[n-1] == b.Addr && a.Mem.Contains(spans[n-1].Addr, spanLen[n-1]+uint64(b.Len)) {
 			spanLen[n-1] += uint64(b.Len)
@@ -274,7 +279,7 @@ func (d *Device) transfer(a virtio.Activation, bufs []virtio.Buffer, off uint64,
 		spans = append(spans, b)
 		spanLen = append(spanLen, uint64(b.Len))
 	}
-	iovs := make([][]byte, 0, len(spans))
+	iovs := d.iovs[:0]
 	for i, b := range spans {
 		s, err := a.Mem.Slice(b.Addr, spanLen[i])
 		if err != nil {
@@ -282,6 +287,8 @@ func (d *Device) transfer(a virtio.Activation, bufs []virtio.Buffer, off uint64,
 		}
 		iovs = append(iovs, s)
 	}
+	d.spans, d.spanLen, d.iovs = spans, spanLen, iovs
+	defer clear(d.iovs[:cap(d.iovs)]) // keep no reference to guest RAM
 	fd := int(d.file.Fd())
 	for len(iovs) > 0 {
 		batch := iovs[:min(len(iovs), maxIOV)]
