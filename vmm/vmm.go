@@ -415,6 +415,16 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	v.started = true
 	v.mu.Unlock()
 
+	// A vCPU thread inside KVM_RUN keeps its P (in syscall state) until
+	// the runtime's sysmon takes it back, which can take up to 10 ms when
+	// the process is idle. With GOMAXPROCS no larger than the vCPU count
+	// (one host CPU, or a small container), no P would then be free to run
+	// the device goroutines woken by an ioeventfd: every queue kick would
+	// wait for sysmon. Two spare Ps keep devices and the main goroutine
+	// running at once.
+	if want := len(v.vcpus) + 2; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
 	errs := make([]error, len(v.vcpus))
 	var wg sync.WaitGroup
 	for i, c := range v.vcpus {
