@@ -17,7 +17,7 @@ type VCPU struct {
 	fd  int
 	run []byte // the mmap'd struct kvm_run
 
-	tid    atomic.Int64 // OS thread that last entered Run, 0 before
+	tid    atomic.Int64 // OS thread of the first Run, 0 before
 	closed sync.Once
 
 	io   IOExit
@@ -40,8 +40,14 @@ func (c *VCPU) Close() error {
 // returns it. EAGAIN is retried; EINTR (a signal or a [VCPU.Kick]) comes
 // back as *InterruptedExit so that the caller can check why it was woken.
 // Every other KVM_RUN failure is returned as an error.
+//
+// Call Run from one OS thread (runtime.LockOSThread): the first call
+// records it as the thread Kick signals. (Recording it once, not on every
+// call, saves a gettid system call per exit.)
 func (c *VCPU) Run() (Exit, error) {
-	c.tid.Store(int64(unix.Gettid()))
+	if c.tid.Load() == 0 {
+		c.tid.Store(int64(unix.Gettid()))
+	}
 	for {
 		_, err := ioctl(c.fd, ioctlRun, 0)
 		switch err {

@@ -64,9 +64,10 @@ type Activation struct {
 	// Queues are the device's queues, in order; a queue the driver did not
 	// enable has Ready false.
 	Queues []*Queue
-	// Kicks receive a value when the driver notifies the queue of the same
-	// index (coalesced: one value may stand for many notifications).
-	Kicks []<-chan struct{}
+	// Kicks are the driver's notifications of the queue of the same index
+	// (coalesced: one may stand for many). Their Wait returns false once
+	// the transport is resetting the device, before it calls Reset.
+	Kicks []*Kick
 	// Interrupt tells the driver that used buffers are ready, unless it
 	// asked for no interrupts on q.
 	Interrupt func(q *Queue)

@@ -91,7 +91,8 @@ type MMIO struct {
 	drvFeatures uint64
 	queueSel    uint32
 	queues      []*Queue
-	kicks       []chan struct{}
+	eventFDs    []int   // per queue: an ioeventfd KVM signals, or -1
+	kicks       []*Kick // of the current activation
 	active      bool
 
 	intStatus  atomic.Uint32
@@ -103,9 +104,18 @@ func NewMMIO(dev Device, mem *machine.GuestMemory, irq Interrupt, onError func(e
 	m := &MMIO{dev: dev, mem: mem, irq: irq, onError: onError}
 	for _, max := range dev.QueueMaxSizes() {
 		m.queues = append(m.queues, &Queue{MaxSize: max})
-		m.kicks = append(m.kicks, make(chan struct{}, 1))
+		m.eventFDs = append(m.eventFDs, -1)
 	}
 	return m
+}
+
+// SetEventFD gives queue q the eventfd that KVM signals when the driver
+// writes q to QueueNotify (an ioeventfd). It must be a blocking eventfd;
+// the transport does not close it. Call it before the guest runs.
+func (m *MMIO) SetEventFD(q int, fd int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.eventFDs[q] = fd
 }
 
 // Device returns the device behind the transport.
@@ -116,14 +126,12 @@ func (m *MMIO) QueueCount() int { return len(m.queues) }
 
 // Notify tells the device that the driver made buffers available in queue
 // q, as a write of q to QueueNotify does. It never blocks; an out-of-range
-// q is ignored.
+// q, or one of a device that is not running, is ignored.
 func (m *MMIO) Notify(q uint32) {
-	if int(q) >= len(m.kicks) {
-		return
-	}
-	select {
-	case m.kicks[q] <- struct{}{}:
-	default: // a notification is pending already
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.active && int(q) < len(m.kicks) {
+		m.kicks[q].Signal()
 	}
 }
 
@@ -366,10 +374,8 @@ func (m *MMIO) checkFeatures() error {
 // DEVICE_NEEDS_RESET instead.
 func (m *MMIO) activate() {
 	indirect := m.drvFeatures&FeatureIndirectDesc != 0
-	kicks := make([]<-chan struct{}, len(m.kicks))
 	for i, q := range m.queues {
 		q.Indirect = indirect
-		kicks[i] = m.kicks[i]
 		if !q.Ready {
 			continue
 		}
@@ -378,11 +384,15 @@ func (m *MMIO) activate() {
 			return
 		}
 	}
+	m.kicks = make([]*Kick, len(m.queues))
+	for i := range m.kicks {
+		m.kicks[i] = newKick(m.eventFDs[i])
+	}
 	err := m.dev.Activate(Activation{
 		Mem:      m.mem,
 		Features: m.drvFeatures,
 		Queues:   m.queues,
-		Kicks:    kicks,
+		Kicks:    m.kicks,
 		Interrupt: func(q *Queue) {
 			if q.WantsInterrupt(m.mem) {
 				m.interrupt(InterruptUsed)
@@ -391,17 +401,23 @@ func (m *MMIO) activate() {
 		Fail: m.fail,
 	})
 	if err != nil {
+		m.kicks = nil
 		m.fail(fmt.Errorf("activate: %w", err))
 		return
 	}
 	m.active = true
 }
 
-// deactivate stops an active device.
+// deactivate stops an active device: its waits for kicks end first, then
+// the device resets (and waits for its goroutines).
 func (m *MMIO) deactivate() {
 	if m.active {
+		for _, k := range m.kicks {
+			k.close()
+		}
 		m.dev.Reset()
 		m.active = false
+		m.kicks = nil
 	}
 }
 
@@ -409,12 +425,8 @@ func (m *MMIO) deactivate() {
 func (m *MMIO) reset() {
 	m.deactivate()
 	m.status, m.devFeatSel, m.drvFeatSel, m.drvFeatures, m.queueSel = 0, 0, 0, 0, 0
-	for i, q := range m.queues {
+	for _, q := range m.queues {
 		q.Reset()
-		select {
-		case <-m.kicks[i]:
-		default:
-		}
 	}
 	m.intStatus.Store(0)
 	m.needsReset.Store(false)

@@ -29,10 +29,8 @@ func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
 		return
 	}
 	for {
-		select {
-		case <-stop:
+		if !a.Kicks[qi].Wait() {
 			return
-		case <-a.Kicks[qi]:
 		}
 		done := 0
 		var c Chain // reused: no allocation per request

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 
@@ -159,12 +158,12 @@ func ParseNet(s string) (Net, error) {
 // virtioDev is one device with its transport and the file descriptors
 // that connect it to KVM.
 type virtioDev struct {
-	base   uint64
-	irq    uint32
-	mmio   *virtio.MMIO
-	close  func() error // the device's own resources (a disk's file)
-	irqfd  int          // -1 when interrupts go through KVM_IRQ_LINE
-	events []*os.File   // one ioeventfd per queue
+	base     uint64
+	irq      uint32
+	mmio     *virtio.MMIO
+	close    func() error // the device's own resources (a disk's file)
+	irqfd    int          // -1 when interrupts go through KVM_IRQ_LINE
+	eventFDs []int        // the queues' ioeventfds
 }
 
 // virtioCmdline returns the virtio_mmio.device parameters for n devices.
@@ -270,9 +269,8 @@ func (e eventInterrupt) Trigger() error {
 	return err
 }
 
-// addVirtio puts the opened devices on the MMIO bus, wires their queue
-// notifications to ioeventfds and their interrupts to irqfds, and starts
-// one goroutine per queue that passes notifications on.
+// addVirtio puts the opened devices on the MMIO bus and wires their queue
+// notifications to ioeventfds and their interrupts to irqfds.
 func (v *VM) addVirtio(log io.Writer) error {
 	for i, dev := range v.virtioDevs {
 		d := &virtioDev{
@@ -297,7 +295,9 @@ func (v *VM) addVirtio(log io.Writer) error {
 			return err
 		}
 		for q := range d.mmio.QueueCount() {
-			fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+			// A blocking eventfd: the device's goroutine sleeps in read(2)
+			// on it (see virtio.Kick).
+			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 			if err != nil {
 				return fmt.Errorf("%s: eventfd: %w", name, err)
 			}
@@ -309,24 +309,11 @@ func (v *VM) addVirtio(log io.Writer) error {
 				unix.Close(fd)
 				continue
 			}
-			f := os.NewFile(uintptr(fd), fmt.Sprintf("%s-queue%d", name, q))
-			d.events = append(d.events, f)
-			v.virtioWG.Go(func() { forwardKicks(f, d.mmio, uint32(q)) })
+			d.eventFDs = append(d.eventFDs, fd)
+			d.mmio.SetEventFD(q, fd)
 		}
 	}
 	return nil
-}
-
-// forwardKicks passes each signal of an ioeventfd on to the transport
-// until the file is closed.
-func forwardKicks(f *os.File, m *virtio.MMIO, q uint32) {
-	var b [8]byte
-	for {
-		if _, err := f.Read(b[:]); err != nil {
-			return
-		}
-		m.Notify(q)
-	}
 }
 
 // closeVirtio stops every device, ends the notification goroutines and
@@ -335,15 +322,14 @@ func forwardKicks(f *os.File, m *virtio.MMIO, q uint32) {
 func (v *VM) closeVirtio() error {
 	var errs []error
 	for _, d := range v.virtio {
-		d.mmio.Close()
-		for _, f := range d.events {
-			f.Close()
+		d.mmio.Close() // ends every wait on the eventfds first
+		for _, fd := range d.eventFDs {
+			unix.Close(fd)
 		}
 		if d.irqfd >= 0 {
 			unix.Close(d.irqfd)
 		}
 	}
-	v.virtioWG.Wait()
 	// Devices opened but never wired (New failed half-way) are closed too.
 	for _, c := range v.virtioClosers {
 		errs = append(errs, c())

@@ -96,7 +96,6 @@ type VM struct {
 	virtioDevs    []virtio.Device // opened by New, in MMIO order
 	virtioClosers []func() error  // their resources, same order
 	virtio        []*virtioDev    // wired to KVM
-	virtioWG      sync.WaitGroup  // notification goroutines
 
 	mu       sync.Mutex
 	stopped  bool
@@ -415,14 +414,18 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	v.started = true
 	v.mu.Unlock()
 
-	// A vCPU thread inside KVM_RUN keeps its P (in syscall state) until
-	// the runtime's sysmon takes it back, which can take up to 10 ms when
-	// the process is idle. With GOMAXPROCS no larger than the vCPU count
-	// (one host CPU, or a small container), no P would then be free to run
-	// the device goroutines woken by an ioeventfd: every queue kick would
-	// wait for sysmon. Two spare Ps keep devices and the main goroutine
-	// running at once.
-	if want := len(v.vcpus) + 2; runtime.GOMAXPROCS(0) < want {
+	// A thread inside a blocking system call keeps its P (in syscall state)
+	// until the runtime's sysmon takes it back, which can take 10 ms when
+	// the process is otherwise idle. vCPU threads sit in KVM_RUN, and each
+	// queue with an ioeventfd has a device goroutine asleep in read(2) (see
+	// virtio.Kick); with GOMAXPROCS no larger than their number (one host
+	// CPU, or a small container), a woken device goroutine or the main one
+	// would wait for sysmon. Two spare Ps avoid that.
+	want := len(v.vcpus) + 2
+	for _, d := range v.virtio {
+		want += len(d.eventFDs)
+	}
+	if runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)
 	}
 	errs := make([]error, len(v.vcpus))

@@ -191,11 +191,11 @@ func (d *Device) transmit(a virtio.Activation, c virtio.Chain, chainErr error) {
 	d.be.Write(buf) // a backend that cannot take it drops it, like a wire
 }
 
-// current returns the activation and its stop channel, or nil.
-func (d *Device) current() (*virtio.Activation, chan struct{}) {
+// current returns the activation, or nil.
+func (d *Device) current() *virtio.Activation {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.act, d.stop
+	return d.act
 }
 
 // rxPump reads frames from the backend until it is closed and puts each
@@ -220,7 +220,7 @@ func (d *Device) rxPump() {
 
 // deliver puts one frame into a receive buffer.
 func (d *Device) deliver(frame []byte) {
-	a, stop := d.current()
+	a := d.current()
 	if a == nil {
 		return
 	}
@@ -232,10 +232,8 @@ func (d *Device) deliver(frame []byte) {
 			return
 		}
 		if !ok {
-			select {
-			case <-stop:
+			if !a.Kicks[rxQueue].Wait() {
 				return
-			case <-a.Kicks[rxQueue]:
 			}
 			continue
 		}

@@ -327,10 +327,8 @@ func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
 				return
 			}
 			if !ok {
-				select {
-				case <-stop:
+				if !a.Kicks[rxQueue].Wait() {
 					return
-				case <-a.Kicks[rxQueue]:
 				}
 				continue
 			}
