@@ -1,5 +1,10 @@
-// Package virtio implements the device side of virtio 1.2 split
-// virtqueues over capsule's bounds-checked guest memory.
+// Package virtio implements the device side of virtio 1.2 over the MMIO
+// transport (version 2): the register window and device-status state
+// machine ([MMIO]), split virtqueues read and written through capsule's
+// bounds-checked guest memory ([Queue]), the [Device] interface every
+// device implements, queue notifications ([Kick]) and a request/response
+// loop for simple devices ([Serve]). The devices themselves live in the
+// subpackages blk, net, rng and vsock.
 //
 // Everything a guest driver writes into a queue is untrusted: a [Queue]
 // checks its layout before use, and [Queue.Pop] validates each descriptor
@@ -9,6 +14,7 @@
 // multiple of 16 bytes and never nested, device-readable buffers come
 // before device-writable ones, and every buffer address and length is
 // overflow-checked and inside RAM. A violation is an error for that request
-// or, for a corrupt ring, an error the device turns into NEEDS_RESET; it is
-// never a panic.
+// or, for a corrupt ring, DEVICE_NEEDS_RESET; it is never a panic. The
+// transport ignores queue registers once DRIVER_OK is set and refuses
+// features it did not offer, or a driver without VIRTIO_F_VERSION_1.
 package virtio
