@@ -95,7 +95,7 @@ BENCH_ARGS = bench --kernel $(CURDIR)/$(BENCH_KERNEL) --initrd $(CURDIR)/$(IMG)/
 # user-mode network) against QEMU microvm with the same devices.
 BENCH_IO_RUNS ?= 5
 BENCH_IO_ARGS = bench --kernel $(CURDIR)/$(IMG)/minimal.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
-	--runs $(BENCH_IO_RUNS) --against qemu --timeout 3m
+	--runs $(BENCH_IO_RUNS) --against qemu --timeout 90s
 BENCH_VMM = if bin/capsule probe | grep -q '^kvm: hardware'; then bin/capsule $$args; \
 	else CAPSULE_RIG_QEMU=1 CAPSULE_RIG_CPUS=2 bin/kvmrig $(CURDIR)/bin/capsule $$args; fi
 bench: deps all images

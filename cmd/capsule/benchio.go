@@ -42,7 +42,16 @@ type ioReport struct {
 	Host     string     `json:"host"`
 	Capsule  []ioSample `json:"capsule"`
 	QEMU     []ioSample `json:"qemu,omitempty"`
+	// Repeated counts the runs of each VMM that failed (a hung guest
+	// killed at --timeout, say) and were run again.
+	Repeated map[string]int `json:"repeated_runs,omitempty"`
 }
+
+// ioAttempts bounds the tries of one run. Repeating a failed run keeps a
+// rare hang of the nested rig (TCG's nested SVM can lose a cross-CPU kick
+// of a running L2 guest, which both VMMs depend on) from ending the whole
+// benchmark; the report says how many runs were repeated.
+const ioAttempts = 3
 
 // blkbenchLine is capsule-io blkbench's result line.
 var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=([\d.]+) MB/s randread=([\d.]+) IOPS`)
@@ -50,16 +59,35 @@ var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=
 func benchIO(ctx context.Context, self string, c benchConfig, workload string, stdout, stderr io.Writer) error {
 	rep := ioReport{Workload: workload, Machine: c.qemuMachine, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
 		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	run := func(i int, qemu bool) (ioSample, error) {
+		who := map[bool]string{false: "capsule", true: "qemu"}[qemu]
+		var err error
+		for attempt := 1; attempt <= ioAttempts; attempt++ {
+			var s ioSample
+			if s, err = ioRun(ctx, self, c, workload, qemu); err == nil {
+				return s, nil
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			if rep.Repeated == nil {
+				rep.Repeated = map[string]int{}
+			}
+			rep.Repeated[who]++
+			fmt.Fprintf(stderr, "bench: %s run %d failed, repeating it: %v\n", who, i+1, err)
+		}
+		return ioSample{}, fmt.Errorf("%s run %d: %w", who, i+1, err)
+	}
 	for i := range c.runs {
-		s, err := ioRun(ctx, self, c, workload, false)
+		s, err := run(i, false)
 		if err != nil {
-			return fmt.Errorf("capsule run %d: %w", i+1, err)
+			return err
 		}
 		rep.Capsule = append(rep.Capsule, s)
 		if c.against == "qemu" {
-			q, err := ioRun(ctx, self, c, workload, true)
+			q, err := run(i, true)
 			if err != nil {
-				return fmt.Errorf("qemu run %d: %w", i+1, err)
+				return err
 			}
 			rep.QEMU = append(rep.QEMU, q)
 		}
@@ -252,4 +280,7 @@ func (r ioReport) print(w io.Writer) {
 		row("virtio-net TCP guest → host, MB/s (user-mode network)", func(s ioSample) float64 { return s.TCPMBps })
 	}
 	tw.Flush()
+	if len(r.Repeated) > 0 {
+		fmt.Fprintf(w, "\nruns repeated after a failure: capsule %d, qemu %d\n", r.Repeated["capsule"], r.Repeated["qemu"])
+	}
 }
