@@ -22,7 +22,7 @@ const (
 	heartbeatEvery = 5 * time.Second // the "sleep 5" of initScript
 	freezeAfter    = 60 * time.Second
 	// maxAttempts bounds the runs of one test binary when guests freeze.
-	maxAttempts = 2
+	maxAttempts = 3
 )
 
 // errFrozen is returned by runQEMU when the watchdog killed a frozen guest.
