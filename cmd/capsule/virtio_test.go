@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,6 +57,66 @@ func fsck(t *testing.T, img string) {
 	}
 }
 
+// liveGuest is a capsule run of the minimal kernel that a test talks to
+// while it runs.
+type liveGuest struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	sc      *bufio.Scanner
+	console strings.Builder
+	stderr  bytes.Buffer
+}
+
+// startLinux boots the minimal kernel with the test initramfs, the kernel
+// command line's capsule.* words in args and the extra flags, and reads its
+// console until a line contains ready; the test fails if none does.
+func startLinux(t *testing.T, args, ready string, extra ...string) *liveGuest {
+	t.Helper()
+	g := &liveGuest{t: t}
+	g.cmd = capsuleCmd(t, binary(t), append([]string{"run", "--kernel", image(t, "minimal.bzImage"),
+		"--initrd", image(t, "initramfs.cpio.gz"), "--cmdline", "console=ttyS0 quiet reboot=k panic=-1 " + args}, extra...)...)
+	out, err := g.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cmd.Stderr = &g.stderr
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	g.sc = bufio.NewScanner(out)
+	for g.sc.Scan() {
+		g.console.WriteString(g.sc.Text() + "\n")
+		if strings.Contains(g.sc.Text(), ready) {
+			return g
+		}
+	}
+	g.cmd.Wait()
+	t.Fatalf("no %q on the console; stderr %q\nconsole:\n%s", ready, g.stderr.String(), g.console.String())
+	return nil
+}
+
+// finish reads the rest of the console and returns capsule's exit status.
+func (g *liveGuest) finish() int {
+	g.t.Helper()
+	for g.sc.Scan() {
+		g.console.WriteString(g.sc.Text() + "\n")
+	}
+	return exitStatus(g.t, g.cmd.Wait())
+}
+
+// stop sends SIGTERM and returns capsule's exit status.
+func (g *liveGuest) stop() int {
+	g.t.Helper()
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	return g.finish()
+}
+
+// failf fails the test with the guest's console and stderr.
+func (g *liveGuest) failf(format string, args ...any) {
+	g.t.Helper()
+	g.t.Fatalf(format+"\nstderr %q\nconsole:\n%s", append(args, g.stderr.String(), g.console.String())...)
+}
+
 func TestVirtioBlkGuestWritesSurviveReboot(t *testing.T) {
 	kvmtest.OpenHardware(t)
 	img := copyImage(t)
@@ -94,30 +155,15 @@ func TestVirtioBlkReadOnlyRefusesWrites(t *testing.T) {
 func TestVirtioBlkSecondVMRefused(t *testing.T) {
 	kvmtest.OpenHardware(t)
 	img := copyImage(t)
-	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
-		"--disk", img, "--cmdline", "console=ttyS0 quiet panic=-1 capsule.action=spin")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	for sc.Scan() && !strings.Contains(sc.Text(), "capsule-init: spinning") {
-	}
-	go io.Copy(io.Discard, out)
+	g := startLinux(t, "capsule.action=spin", "capsule-init: spinning", "--disk", img)
 	for _, d := range []string{img, img + ",ro"} {
 		status, _, stderr := runLinux(t, "poweroff", "--disk", d)
 		if status != 1 || !strings.Contains(stderr, "is in use") {
 			t.Errorf("second VM with --disk %s: status %d, stderr %q; want 1 and 'is in use'", d, status, stderr)
 		}
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	if s := exitStatus(t, cmd.Wait()); s != 128+int(syscall.SIGTERM) {
-		t.Errorf("first VM: status %d after SIGTERM, stderr %q", s, stderr.String())
+	if s := g.stop(); s != 128+int(syscall.SIGTERM) {
+		g.failf("first VM: status %d after SIGTERM", s)
 	}
 	fsck(t, img)
 }
@@ -162,31 +208,8 @@ func TestVirtioVsockEchoBothWays(t *testing.T) {
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		c.Write([]byte(line))
 	}()
-	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
-		"--vsock", "3,"+sock, "--cmdline", "console=ttyS0 quiet reboot=k panic=-1 capsule.action=vsock")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console strings.Builder
-	sc := bufio.NewScanner(out)
-	listening := false
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "vsock-serve: listening on 6000") {
-			listening = true
-			break
-		}
-	}
-	if !listening {
-		cmd.Wait()
-		t.Fatalf("the guest never listened on vsock port 6000; stderr %q\nconsole:\n%s", stderr.String(), console.String())
-	}
+	cid := strconv.Itoa(1000 + os.Getpid()) // CIDs are locked host-wide
+	g := startLinux(t, "capsule.action=vsock", "vsock-serve: listening on 6000", "--vsock", cid+","+sock)
 	// Host to guest: through the device's socket.
 	c, err := net.Dial("unix", sock)
 	if err != nil {
@@ -202,14 +225,11 @@ func TestVirtioVsockEchoBothWays(t *testing.T) {
 		t.Errorf("echo %q, %v", line, err)
 	}
 	c.Close()
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
+	if s := g.finish(); s != 0 {
+		g.failf("status %d", s)
 	}
-	if s := exitStatus(t, cmd.Wait()); s != 0 {
-		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
-	}
-	if !strings.Contains(console.String(), "vsock-echo: got: hello from the guest") {
-		t.Errorf("guest-to-host echo missing:\n%s", console.String())
+	if !strings.Contains(g.console.String(), "vsock-echo: got: hello from the guest") {
+		g.failf("guest-to-host echo missing")
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket %s left behind: %v", sock, err)
@@ -235,48 +255,20 @@ func needNetAdmin(t *testing.T) {
 func TestVirtioNetTAPPingBothWays(t *testing.T) {
 	kvmtest.OpenHardware(t)
 	needNetAdmin(t)
-	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
-		"--net", "tap:captest0,ip=10.77.0.1/24,mac=02:00:00:00:77:02",
-		"--cmdline", "console=ttyS0 quiet reboot=k panic=-1 capsule.action=net capsule.ip=10.77.0.2/24 capsule.peer=10.77.0.1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console strings.Builder
-	sc := bufio.NewScanner(out)
-	ready := false
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "net: ready") {
-			ready = true
-			break
-		}
-	}
-	if !ready {
-		cmd.Wait()
-		t.Fatalf("the guest's network never came up; stderr %q\nconsole:\n%s", stderr.String(), console.String())
-	}
+	g := startLinux(t, "capsule.action=net capsule.ip=10.77.0.2/24 capsule.peer=10.77.0.1", "net: ready",
+		"--net", "tap:captest0,ip=10.77.0.1/24,mac=02:00:00:00:77:02")
 	if out, err := exec.Command("ping", "-c", "2", "-W", "5", "10.77.0.2").CombinedOutput(); err != nil {
 		t.Errorf("host ping of the guest: %v\n%s", err, out)
 	}
 	c, err := net.DialTimeout("tcp", "10.77.0.2:7000", 10*time.Second)
 	if err != nil {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		t.Fatalf("TCP to the guest: %v\nconsole:\n%s", err, console.String())
+		g.stop()
+		g.failf("TCP to the guest: %v", err)
 	}
 	c.Write([]byte("hello over tap\n"))
 	c.Close()
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-	}
-	if s := exitStatus(t, cmd.Wait()); s != 0 || !strings.Contains(console.String(), "net: got: hello over tap") {
-		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
+	if s := g.finish(); s != 0 || !strings.Contains(g.console.String(), "net: got: hello over tap") {
+		g.failf("status %d", s)
 	}
 	if _, err := net.InterfaceByName("captest0"); err == nil {
 		t.Error("the TAP capsule created is still there after it exited")
@@ -296,53 +288,25 @@ func TestVirtioNetUserHTTPBothWays(t *testing.T) {
 	}
 	fwdPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	cmd := capsuleCmd(t, binary(t), "run", "--kernel", image(t, "minimal.bzImage"), "--initrd", image(t, "initramfs.cpio.gz"),
-		"--net", fmt.Sprintf("user,hostfwd=tcp:127.0.0.1:%d-:8080", fwdPort),
-		"--cmdline", fmt.Sprintf("console=ttyS0 quiet reboot=k panic=-1 capsule.action=usernet capsule.peer=10.0.2.2:%d", srvPort))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console strings.Builder
-	sc := bufio.NewScanner(out)
-	ready := false
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "usernet: ready") {
-			ready = true
-			break
-		}
-	}
-	if !ready {
-		cmd.Wait()
-		t.Fatalf("the guest's user network never came up; stderr %q\nconsole:\n%s", stderr.String(), console.String())
-	}
+	g := startLinux(t, fmt.Sprintf("capsule.action=usernet capsule.peer=10.0.2.2:%d", srvPort), "usernet: ready",
+		"--net", fmt.Sprintf("user,hostfwd=tcp:127.0.0.1:%d-:8080", fwdPort))
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", fwdPort))
 	if err != nil {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		t.Fatalf("GET through hostfwd: %v\nconsole:\n%s", err, console.String())
+		g.stop()
+		g.failf("GET through hostfwd: %v", err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if string(body) != "hello from the guest\n" {
 		t.Errorf("hostfwd answer %q", body)
 	}
-	for sc.Scan() {
-		console.WriteString(sc.Text() + "\n")
-	}
-	if s := exitStatus(t, cmd.Wait()); s != 0 {
-		t.Fatalf("status %d, stderr %q\nconsole:\n%s", s, stderr.String(), console.String())
+	if s := g.finish(); s != 0 {
+		g.failf("status %d", s)
 	}
 	for _, want := range []string{"usernet: address inet 10.0.2.15/24", "usernet: host page: hello from the host"} {
-		if !strings.Contains(console.String(), want) {
-			t.Errorf("console lacks %q:\n%s", want, console.String())
+		if !strings.Contains(g.console.String(), want) {
+			g.failf("console lacks %q", want)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capsule-vm/capsule/internal/ofdlock"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -73,18 +74,17 @@ type Device struct {
 // Open opens the image at path and locks it. The image's size is rounded
 // down to whole sectors.
 func Open(path string, readOnly bool) (*Device, error) {
-	flag, lock, how := os.O_RDWR, int16(unix.F_WRLCK), "read-write"
+	flag, how := os.O_RDWR, "read-write"
 	if readOnly {
-		flag, lock, how = os.O_RDONLY, unix.F_RDLCK, "read-only"
+		flag, how = os.O_RDONLY, "read-only"
 	}
 	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("disk %s: %w", path, unwrapPath(err))
 	}
-	fl := unix.Flock_t{Type: lock, Whence: io.SeekStart}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl); err != nil {
+	if err := ofdlock.Lock(f, !readOnly); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+		if errors.Is(err, ofdlock.ErrBusy) {
 			return nil, fmt.Errorf("disk %s is in use: another process holds a lock on it, so it cannot be opened %s", path, how)
 		}
 		return nil, fmt.Errorf("disk %s: lock: %w", path, err)

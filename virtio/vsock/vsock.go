@@ -30,8 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/capsule-vm/capsule/internal/ofdlock"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -106,10 +105,9 @@ func lockCID(cid uint64) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
 	}
-	fl := unix.Flock_t{Type: unix.F_WRLCK}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl); err != nil {
+	if err := ofdlock.Lock(f, true); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+		if errors.Is(err, ofdlock.ErrBusy) {
 			return nil, fmt.Errorf("vsock CID %d is in use by another capsule VM on this host", cid)
 		}
 		return nil, fmt.Errorf("vsock CID %d: lock: %w", cid, err)
