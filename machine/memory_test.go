@@ -167,3 +167,33 @@ func TestGuestRAMIsHugePageAligned(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreUint16Atomic(t *testing.T) {
+	m, err := NewGuestMemory(MinMemory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.PutUint32(0x1000, 0x11223344)
+	if err := m.StoreUint16Atomic(0x1002, 0xabcd); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := m.Uint32(0x1000); v != 0xabcd3344 {
+		t.Errorf("word %#x after storing the high half", v)
+	}
+	if err := m.StoreUint16Atomic(0x1000, 0x5566); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := m.Uint32(0x1000); v != 0xabcd5566 {
+		t.Errorf("word %#x after storing the low half", v)
+	}
+	if err := m.StoreUint16Atomic(0x1001, 1); err == nil {
+		t.Error("odd address accepted")
+	}
+	if err := m.StoreUint16Atomic(m.Size()-2, 1); err != nil {
+		t.Errorf("last half-word of RAM: %v", err)
+	}
+	if err := m.StoreUint16Atomic(m.Size(), 1); err == nil {
+		t.Error("address past RAM accepted")
+	}
+}

@@ -88,3 +88,26 @@ func (m *GuestMemory) StoreUint32Atomic(gpa uint64, v uint32) error {
 	atomic.StoreUint32(w, v)
 	return nil
 }
+
+// StoreUint16Atomic writes the aligned 16-bit value at gpa atomically, as
+// a compare-and-swap of the 32-bit word around it that leaves its other
+// half as it is; like StoreUint32Atomic it orders every earlier write, and
+// it also orders every later read (a full barrier on amd64). The whole
+// word must lie in guest RAM.
+func (m *GuestMemory) StoreUint16Atomic(gpa uint64, v uint16) error {
+	if gpa%2 != 0 {
+		return fmt.Errorf("guest address %#x: not 2-byte aligned for an atomic access", gpa)
+	}
+	w, err := m.atomicWord(gpa &^ 3)
+	if err != nil {
+		return err
+	}
+	shift := 8 * (gpa % 4) // little-endian: the low half is at the lower address
+	mask := uint32(0xffff) << shift
+	for {
+		old := atomic.LoadUint32(w)
+		if atomic.CompareAndSwapUint32(w, old, old&^mask|uint32(v)<<shift) {
+			return nil
+		}
+	}
+}

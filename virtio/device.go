@@ -40,7 +40,9 @@ const (
 type Device interface {
 	Type() Type
 	// Features are the device-specific feature bits it offers; the
-	// transport adds FeatureVersion1 and FeatureIndirectDesc.
+	// transport adds FeatureVersion1, FeatureIndirectDesc and
+	// FeatureEventIdx (so a device must call Queue.ArmNotify before it
+	// waits for a kick).
 	Features() uint64
 	// QueueMaxSizes gives each queue's maximum size, a power of two.
 	QueueMaxSizes() []uint16

@@ -65,7 +65,7 @@ const (
 
 // transportFeatures are the feature bits the transport offers for every
 // device.
-const transportFeatures = FeatureVersion1 | FeatureIndirectDesc
+const transportFeatures = FeatureVersion1 | FeatureIndirectDesc | FeatureEventIdx
 
 // Interrupt raises the device's interrupt line (an edge).
 type Interrupt interface {
@@ -374,8 +374,9 @@ func (m *MMIO) checkFeatures() error {
 // DEVICE_NEEDS_RESET instead.
 func (m *MMIO) activate() {
 	indirect := m.drvFeatures&FeatureIndirectDesc != 0
+	eventIdx := m.drvFeatures&FeatureEventIdx != 0
 	for i, q := range m.queues {
-		q.Indirect = indirect
+		q.Indirect, q.EventIdx = indirect, eventIdx
 		if !q.Ready {
 			continue
 		}

@@ -194,3 +194,45 @@ func TestEventFDKicks(t *testing.T) {
 		t.Fatal("reset hung on a device waiting for its eventfd")
 	}
 }
+
+// With VIRTIO_F_EVENT_IDX the device asks for the next notification
+// through avail_event and interrupts only when the used index passes the
+// driver's used_event.
+func TestEventIdx(t *testing.T) {
+	d := newDriver(t)
+	d.Setup(virtio.FeatureEventIdx)
+	usedEvent := d.AvailAddr(0) + 4 + 2*uint64(d.Size)
+	availEvent := d.UsedAddr(0) + 4 + 8*uint64(d.Size)
+	buf := virtiotest.Desc{Addr: virtiotest.DataBase, Len: 16, Flags: virtio.DescFlagWrite}
+
+	d.Mem.PutUint16(usedEvent, 0) // interrupt at the first used buffer
+	d.Chain(0, 0, buf)
+	d.Kick(0)
+	if err := d.WaitUsed(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Once idle the device asked to be told of avail index 1.
+	deadline := time.Now().Add(10 * time.Second)
+	for v, _ := d.Mem.Uint16(availEvent); v != 1; v, _ = d.Mem.Uint16(availEvent) {
+		if time.Now().After(deadline) {
+			t.Fatalf("avail_event %d, want 1", v)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	irqs := d.IRQ.Count.Load()
+	if irqs == 0 {
+		t.Error("no used-buffer interrupt although used_event is 0")
+	}
+	d.Mem.PutUint16(usedEvent, 5) // no interrupt before used index 6
+	d.Chain(0, 1, buf)
+	d.Kick(0)
+	for d.UsedIdx(0) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("second request not served")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := d.IRQ.Count.Load(); n != irqs {
+		t.Errorf("%d more interrupts although used_event is 5", n-irqs)
+	}
+}

@@ -33,10 +33,14 @@ type Queue struct {
 	Avail    uint64 // of the available (driver) ring
 	Used     uint64 // of the used (device) ring
 	Indirect bool   // VIRTIO_F_INDIRECT_DESC was negotiated
+	EventIdx bool   // VIRTIO_F_EVENT_IDX was negotiated
 	Ready    bool   // the driver enabled the queue
 
 	nextAvail uint16
 	nextUsed  uint16
+	// signalled is the used index when the driver was last considered
+	// for an interrupt (EVENT_IDX).
+	signalled uint16
 }
 
 // Buffer is one guest buffer of a chain.
@@ -224,12 +228,36 @@ func (q *Queue) Push(mem *machine.GuestMemory, head uint16, written uint32) erro
 // availNoInterrupt is VIRTQ_AVAIL_F_NO_INTERRUPT.
 const availNoInterrupt = 1
 
-// WantsInterrupt reports whether the driver wants an interrupt for used
-// buffers (it did not set VIRTQ_AVAIL_F_NO_INTERRUPT). A ring that cannot
-// be read counts as wanting one.
+// WantsInterrupt reports whether the driver wants an interrupt for the
+// used buffers pushed since the last call: with EVENT_IDX, when the used
+// index has passed the driver's used_event (virtio 1.2, 2.7.10); without,
+// unless it set VIRTQ_AVAIL_F_NO_INTERRUPT. A ring that cannot be read
+// counts as wanting one.
 func (q *Queue) WantsInterrupt(mem *machine.GuestMemory) bool {
+	if q.EventIdx {
+		now, old := q.nextUsed, q.signalled
+		q.signalled = now
+		event, err := mem.Uint16(q.Avail + 4 + 2*uint64(q.Size)) // used_event
+		return err != nil || now-event-1 < now-old
+	}
 	flags, err := mem.Uint16(q.Avail)
 	return err != nil || flags&availNoInterrupt == 0
+}
+
+// ArmNotify prepares the queue for the device to sleep until the driver's
+// next notification, and reports whether buffers arrived meanwhile (the
+// device must then pop again instead of sleeping). With EVENT_IDX it asks
+// for a notification when the driver makes the next buffer available, by
+// writing avail_event; without, the driver always notifies.
+func (q *Queue) ArmNotify(mem *machine.GuestMemory) bool {
+	if !q.EventIdx {
+		return false
+	}
+	if err := mem.StoreUint16Atomic(q.Used+4+usedElemSize*uint64(q.Size), q.nextAvail); err != nil {
+		return false
+	}
+	word, err := mem.LoadUint32Atomic(q.Avail) // ordered after the store
+	return err == nil && uint16(word>>16) != q.nextAvail
 }
 
 // Reset forgets the queue's configuration and position.

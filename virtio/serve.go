@@ -28,12 +28,12 @@ func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
 	if !q.Ready {
 		return
 	}
+	var c Chain // reused: no allocation per request
 	for {
 		if !a.Kicks[qi].Wait() {
 			return
 		}
 		done := 0
-		var c Chain // reused: no allocation per request
 		for {
 			select {
 			case <-stop:
@@ -46,6 +46,9 @@ func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
 				return
 			}
 			if !ok {
+				if q.ArmNotify(a.Mem) {
+					continue // buffers came while asking for a notification
+				}
 				break
 			}
 			n := handle(c, err)

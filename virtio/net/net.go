@@ -232,6 +232,9 @@ func (d *Device) deliver(frame []byte) {
 			return
 		}
 		if !ok {
+			if q.ArmNotify(a.Mem) {
+				continue
+			}
 			if !a.Kicks[rxQueue].Wait() {
 				return
 			}

@@ -7,6 +7,7 @@ package virtiotest
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,7 +17,8 @@ import (
 
 // Interrupt counts interrupts and signals each on C.
 type Interrupt struct {
-	C chan struct{}
+	C     chan struct{}
+	Count atomic.Int64
 }
 
 // NewInterrupt returns an Interrupt with a buffered channel.
@@ -24,6 +26,7 @@ func NewInterrupt() *Interrupt { return &Interrupt{C: make(chan struct{}, 1)} }
 
 // Trigger implements virtio.Interrupt.
 func (i *Interrupt) Trigger() error {
+	i.Count.Add(1)
 	select {
 	case i.C <- struct{}{}:
 	default:

@@ -325,6 +325,9 @@ func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
 				return
 			}
 			if !ok {
+				if q.ArmNotify(a.Mem) {
+					continue
+				}
 				if !a.Kicks[rxQueue].Wait() {
 					return
 				}
