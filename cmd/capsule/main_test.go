@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -21,6 +23,12 @@ func runMain(args ...string) (status int, stdout, stderr string) {
 }
 
 func TestUserErrorsAreOneLine(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -34,6 +42,11 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 		{"unknown flag", []string{"run", "--bogus"}, "unknown flag: --bogus"},
 		{"missing disk", []string{"run", "--kernel", "../../testdata/guests/hello.S", "--disk", "/nonexistent.img"}, "disk /nonexistent.img: no such file"},
 		{"bad disk option", []string{"run", "--kernel", "x", "--disk", "a.img,rx"}, `unknown option "rx"`},
+		{"invalid MAC", []string{"run", "--kernel", "x", "--net", "user,mac=02:zz:00:00:00:01"}, "invalid MAC address"},
+		{"unknown net option", []string{"run", "--kernel", "x", "--net", "user,bogus=1"}, `unknown option "bogus"`},
+		{"host port in use", []string{"run", "--kernel", "x", "--net", fmt.Sprintf("user,hostfwd=tcp::%d-:80", busyPort)}, "is in use"},
+		{"bad vsock CID", []string{"run", "--kernel", "x", "--vsock", "2,/tmp/v.sock"}, "0-2 are reserved"},
+		{"two vsock devices", []string{"run", "--kernel", "x", "--vsock", "3,/tmp/a", "--vsock", "4,/tmp/b"}, "one vsock device"},
 		{"disk given twice", []string{"run", "--kernel", "x", "--disk", "a.img,ro", "--disk", "a.img"}, "given twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,7 +72,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	if status != 0 {
 		t.Fatalf("--help exit status %d", status)
 	}
-	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "--disk", "--rng", "Ctrl-A x", "0xf4"} {
+	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "--disk", "--net", "hostfwd", "tap:NAME", "--vsock", "CONNECT", "--rng", "Ctrl-A x", "0xf4"} {
 		if !strings.Contains(stderr, f) {
 			t.Errorf("run --help does not mention %s", f)
 		}
