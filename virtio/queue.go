@@ -1,6 +1,7 @@
 package virtio
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -140,14 +141,8 @@ func readDesc(mem *machine.GuestMemory, table uint64, i uint16) (desc, error) {
 	if err := mem.ReadAt(b[:], table+descSize*uint64(i)); err != nil {
 		return desc{}, err
 	}
-	le := func(o, n int) uint64 {
-		var v uint64
-		for k := n - 1; k >= 0; k-- {
-			v = v<<8 | uint64(b[o+k])
-		}
-		return v
-	}
-	return desc{addr: le(0, 8), len: uint32(le(8, 4)), flags: uint16(le(12, 2)), next: uint16(le(14, 2))}, nil
+	le := binary.LittleEndian
+	return desc{addr: le.Uint64(b[0:]), len: le.Uint32(b[8:]), flags: le.Uint16(b[12:]), next: le.Uint16(b[14:])}, nil
 }
 
 // walk follows the chain at c.Head, filling c's buffers.

@@ -112,6 +112,13 @@ func Scatter(mem *machine.GuestMemory, bufs []Buffer, p []byte) (int, error) {
 // Split cuts bufs at byte offset off into the buffers before and after
 // it. off beyond the end gives all of bufs and nothing.
 func Split(bufs []Buffer, off uint64) (before, after []Buffer) {
+	return SplitAppend(bufs, off, nil, nil)
+}
+
+// SplitAppend is Split that appends the two parts to before and after
+// (pass a device's scratch slices, cut to length 0, to split without
+// allocating) and returns them.
+func SplitAppend(bufs []Buffer, off uint64, before, after []Buffer) ([]Buffer, []Buffer) {
 	for i, b := range bufs {
 		if off == 0 {
 			return before, append(after, bufs[i:]...)
@@ -124,5 +131,5 @@ func Split(bufs []Buffer, off uint64) (before, after []Buffer) {
 		before = append(before, b)
 		off -= uint64(b.Len)
 	}
-	return before, nil
+	return before, after
 }

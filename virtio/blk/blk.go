@@ -64,11 +64,12 @@ type Device struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	// Scratch space of transfer, reused across requests (requests are
-	// served one at a time).
-	spans   []virtio.Buffer
-	spanLen []uint64
-	iovs    [][]byte
+	// Scratch space, reused across requests (they are served one at a
+	// time): the parts of a chain, and transfer's spans and iovecs.
+	data, status, head, payload []virtio.Buffer
+	spans                       []virtio.Buffer
+	spanLen                     []uint64
+	iovs                        [][]byte
 }
 
 // Open opens the image at path and locks it. The image's size is rounded
@@ -196,9 +197,9 @@ func (d *Device) Handle(a virtio.Activation, c virtio.Chain, chainErr error) uin
 	if wlen == 0 || wlen > 1<<32-1 {
 		return 0 // nowhere to put a status
 	}
-	data, statusBuf := virtio.Split(c.Writable, wlen-1)
-	status, n := d.serve(a, c, data, chainErr)
-	if _, err := virtio.Scatter(a.Mem, statusBuf, []byte{status}); err != nil {
+	d.data, d.status = virtio.SplitAppend(c.Writable, wlen-1, d.data[:0], d.status[:0])
+	status, n := d.serve(a, c, d.data, chainErr)
+	if len(d.status) == 0 || a.Mem.PutUint8(d.status[0].Addr, status) != nil {
 		return 0
 	}
 	return n + 1
@@ -227,7 +228,8 @@ func (d *Device) serve(a virtio.Activation, c virtio.Chain, data []virtio.Buffer
 		}
 		return StatusOK, uint32(length)
 	case TypeOut:
-		_, payload := virtio.Split(c.Readable, HeaderSize)
+		d.head, d.payload = virtio.SplitAppend(c.Readable, HeaderSize, d.head[:0], d.payload[:0])
+		payload := d.payload
 		off, ok := d.span(sector, virtio.Len(payload))
 		if !ok || d.readOnly {
 			return StatusIOErr, 0

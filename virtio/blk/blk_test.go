@@ -16,7 +16,7 @@ import (
 )
 
 const (
-	diskSize = 64 << 10
+	diskSize = 2 << 20
 	memSize  = 16 << 20
 	hdrAddr  = virtiotest.DataBase
 	dataAddr = virtiotest.DataBase + 0x1000
@@ -54,7 +54,12 @@ type rig struct {
 	head uint16
 }
 
-func newRig(t *testing.T, readOnly bool) *rig {
+func newRig(t *testing.T, readOnly bool) *rig { return newRigRO(t, readOnly) }
+
+// newRigTB is a writable rig for benchmarks and allocation tests.
+func newRigTB(t testing.TB) *rig { return newRigRO(t, false) }
+
+func newRigRO(t testing.TB, readOnly bool) *rig {
 	t.Helper()
 	mem, err := machine.NewGuestMemory(memSize)
 	if err != nil {
@@ -78,7 +83,7 @@ func newRig(t *testing.T, readOnly bool) *rig {
 	return &rig{Driver: d, path: p, dev: dev}
 }
 
-func fillCanary(t *testing.T, mem *machine.GuestMemory) {
+func fillCanary(t testing.TB, mem *machine.GuestMemory) {
 	if err := mem.WriteAt(bytes.Repeat([]byte{0xa5}, 1<<20), canary); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +114,12 @@ func (r *rig) header(typ uint32, sector uint64) {
 // do posts a chain at the next free head, kicks and waits for it; it
 // returns the status byte and the used length.
 func (r *rig) do(t *testing.T, descs ...virtiotest.Desc) (status byte, used uint32) {
+	t.Helper()
+	return r.doTB(t, descs...)
+}
+
+// doTB is do for any testing.TB.
+func (r *rig) doTB(t testing.TB, descs ...virtiotest.Desc) (status byte, used uint32) {
 	t.Helper()
 	head := r.head
 	r.head = (r.head + uint16(len(descs))) % r.Size

@@ -49,7 +49,7 @@ const (
 
 // Backend carries frames between the device and the host side. Read and
 // Write move one frame each, with its HeaderSize-byte virtio-net header in
-// front.
+// front; Write must not keep p after it returns.
 type Backend interface {
 	// Offloads are the offload feature bits (checksum, TSO) the backend
 	// can handle; the device offers them to the guest.
@@ -73,6 +73,7 @@ type Device struct {
 	wakeAct chan struct{} // signalled when the device is activated
 	wg      sync.WaitGroup
 	rxDone  chan struct{}
+	txBuf   []byte // transmit's frame buffer (one goroutine transmits)
 }
 
 // RandomMAC returns a locally administered unicast MAC address.
@@ -184,11 +185,14 @@ func (d *Device) transmit(a virtio.Activation, c virtio.Chain, chainErr error) {
 	if chainErr != nil || n < HeaderSize || n > MaxFrame {
 		return
 	}
-	buf := make([]byte, n)
+	if d.txBuf == nil {
+		d.txBuf = make([]byte, MaxFrame)
+	}
+	buf := d.txBuf[:n]
 	if k, err := virtio.Gather(a.Mem, c.Readable, buf); err != nil || uint64(k) != n {
 		return
 	}
-	d.be.Write(buf) // a backend that cannot take it drops it, like a wire
+	d.be.Write(buf) // a backend that cannot take it drops it, like a wire; it keeps no reference
 }
 
 // current returns the activation, or nil.

@@ -61,6 +61,8 @@ type Driver struct {
 	Errors chan error
 
 	availIdx []uint16
+	reg      [4]byte     // register scratch: no allocation per access
+	timer    *time.Timer // WaitUsed's, reused
 }
 
 // New makes a transport for dev over mem and a driver for it. mem must
@@ -80,16 +82,14 @@ func New(t testing.TB, mem *machine.GuestMemory, dev virtio.Device) *Driver {
 
 // Read reads a 32-bit register.
 func (d *Driver) Read(off uint64) uint32 {
-	var b [4]byte
-	d.M.Read(off, b[:])
-	return binary.LittleEndian.Uint32(b[:])
+	d.M.Read(off, d.reg[:])
+	return binary.LittleEndian.Uint32(d.reg[:])
 }
 
 // Write writes a 32-bit register.
 func (d *Driver) Write(off uint64, v uint32) {
-	var b [4]byte
-	binary.LittleEndian.PutUint32(b[:], v)
-	d.M.Write(off, b[:])
+	binary.LittleEndian.PutUint32(d.reg[:], v)
+	d.M.Write(off, d.reg[:])
 }
 
 // Desc, Avail and Used are the ring addresses Setup gives queue q.
@@ -229,7 +229,12 @@ func (d *Driver) Used(q int, n uint16) (head uint32, length uint32) {
 // reports NEEDS_RESET, and returns the interrupt-driven outcome: nil when
 // the index was reached, an error otherwise.
 func (d *Driver) WaitUsed(q int, idx uint16) error {
-	deadline := time.After(10 * time.Second)
+	if d.timer == nil {
+		d.timer = time.NewTimer(10 * time.Second)
+	} else {
+		d.timer.Reset(10 * time.Second)
+	}
+	deadline := d.timer.C
 	for {
 		if int16(d.UsedIdx(q)-idx) >= 0 {
 			return nil
