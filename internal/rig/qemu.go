@@ -27,9 +27,15 @@ const tcgWarning = "TCG doesn't support requested feature"
 // qemuArgs returns the arguments of the L1 guest's QEMU.
 // heartbeat is the file that receives the guest's second serial port.
 func qemuArgs(cfg Config, kernel, initrd, heartbeat string) []string {
-	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1" // loglevel=1: no kvm_amd chatter (unhandled MSRs) among test output
+	// loglevel=1: no kvm_amd chatter (unhandled MSRs) among test output.
+	// idle=poll: an idle rig vCPU spins instead of halting. Rig guests
+	// froze for good now and then with QEMU idle, every vCPU halted and
+	// the wake-up never delivered (TCG with nested SVM); a vCPU that never
+	// halts cannot miss its wake-up. It costs host CPU only while the rig
+	// guest has nothing to do.
+	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 idle=poll"
 	if cfg.Verbose {
-		cmdline = "console=ttyS0 panic=-1"
+		cmdline = "console=ttyS0 panic=-1 idle=poll"
 	}
 	return []string{
 		"-accel", "tcg", "-M", "q35", "-cpu", "EPYC",
