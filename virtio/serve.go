@@ -3,6 +3,7 @@ package virtio
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/capsule-vm/capsule/machine"
 )
@@ -62,6 +63,55 @@ func Serve(a Activation, qi int, stop <-chan struct{}, handle Handler) {
 		}
 		if done%interruptEvery != 0 {
 			a.Interrupt(q)
+		}
+	}
+}
+
+// Server runs Serve on one queue of a device between Activate and Reset.
+// The zero value is ready to start.
+type Server struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Start serves queue qi of activation a with handle on a new goroutine.
+func (s *Server) Start(a Activation, qi int, handle Handler) {
+	s.stop = make(chan struct{})
+	stop := s.stop
+	s.wg.Go(func() { Serve(a, qi, stop, handle) })
+}
+
+// Stop ends the goroutine Start began and waits for it; it does nothing
+// when none runs.
+func (s *Server) Stop() {
+	if s.stop != nil {
+		close(s.stop)
+		s.wg.Wait()
+		s.stop = nil
+	}
+}
+
+// NextChain waits for the driver's next chain in queue qi of a, the way
+// a device waits for a receive buffer, and pops it into c (reusing c's
+// slices). chainErr is Pop's error for that chain. ok is false when the
+// device must stop using the queue: the transport is resetting it, or the
+// ring is corrupt (a.Fail has then been called).
+func NextChain(a Activation, qi int, c *Chain) (chainErr error, ok bool) {
+	q := a.Queues[qi]
+	for {
+		popped, err := q.PopInto(a.Mem, c)
+		if errors.Is(err, ErrBadQueue) {
+			a.Fail(fmt.Errorf("queue %d: %w", qi, err))
+			return nil, false
+		}
+		if popped {
+			return err, true
+		}
+		if q.ArmNotify(a.Mem) {
+			continue // buffers came while asking for a notification
+		}
+		if !a.Kicks[qi].Wait() {
+			return nil, false
 		}
 	}
 }

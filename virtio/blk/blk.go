@@ -17,7 +17,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -61,8 +60,7 @@ type Device struct {
 	capacity uint64 // bytes, a multiple of SectorSize
 	id       [IDLen]byte
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	server virtio.Server
 
 	// Scratch space, reused across requests (they are served one at a
 	// time): the parts of a chain, and transfer's spans and iovecs.
@@ -172,23 +170,14 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if !a.Queues[0].Ready {
 		return errors.New("request queue not enabled")
 	}
-	d.stop = make(chan struct{})
-	d.wg.Go(func() {
-		virtio.Serve(a, 0, d.stop, func(c virtio.Chain, chainErr error) uint32 {
-			return d.Handle(a, c, chainErr)
-		})
+	d.server.Start(a, 0, func(c virtio.Chain, chainErr error) uint32 {
+		return d.Handle(a, c, chainErr)
 	})
 	return nil
 }
 
 // Reset implements virtio.Device.
-func (d *Device) Reset() {
-	if d.stop != nil {
-		close(d.stop)
-		d.wg.Wait()
-		d.stop = nil
-	}
-}
+func (d *Device) Reset() { d.server.Stop() }
 
 // Handle serves one request and returns the bytes written into the chain.
 func (d *Device) Handle(a virtio.Activation, c virtio.Chain, chainErr error) uint32 {

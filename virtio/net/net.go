@@ -67,13 +67,12 @@ type Device struct {
 	mac net.HardwareAddr
 	be  Backend
 
-	mu      sync.Mutex
-	act     *virtio.Activation
-	stop    chan struct{}
-	wakeAct chan struct{} // signalled when the device is activated
-	wg      sync.WaitGroup
-	rxDone  chan struct{}
-	txBuf   []byte // transmit's frame buffer (one goroutine transmits)
+	mu     sync.Mutex
+	act    *virtio.Activation
+	tx     virtio.Server
+	rxDone chan struct{}
+	txBuf  []byte       // transmit's frame buffer (one goroutine transmits)
+	rx     virtio.Chain // deliver's, reused (one goroutine receives)
 }
 
 // RandomMAC returns a locally administered unicast MAC address.
@@ -98,7 +97,7 @@ func ParseMAC(s string) (net.HardwareAddr, error) {
 
 // New returns a device with the given MAC over be, which it owns.
 func New(mac net.HardwareAddr, be Backend) *Device {
-	d := &Device{mac: mac, be: be, wakeAct: make(chan struct{}, 1), rxDone: make(chan struct{})}
+	d := &Device{mac: mac, be: be, rxDone: make(chan struct{})}
 	go d.rxPump()
 	return d
 }
@@ -151,18 +150,10 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.act = &a
-	d.stop = make(chan struct{})
-	stop := d.stop
-	d.wg.Go(func() {
-		virtio.Serve(a, txQueue, stop, func(c virtio.Chain, chainErr error) uint32 {
-			d.transmit(a, c, chainErr)
-			return 0
-		})
+	d.tx.Start(a, txQueue, func(c virtio.Chain, chainErr error) uint32 {
+		d.transmit(a, c, chainErr)
+		return 0
 	})
-	select {
-	case d.wakeAct <- struct{}{}:
-	default:
-	}
 	return nil
 }
 
@@ -174,9 +165,8 @@ func (d *Device) Reset() {
 		return
 	}
 	d.act = nil
-	close(d.stop)
 	d.mu.Unlock()
-	d.wg.Wait()
+	d.tx.Stop()
 }
 
 // transmit sends one frame from the guest to the backend.
@@ -228,33 +218,21 @@ func (d *Device) deliver(frame []byte) {
 	if a == nil {
 		return
 	}
-	q := a.Queues[rxQueue]
-	for {
-		c, ok, err := q.Pop(a.Mem)
-		if errors.Is(err, virtio.ErrBadQueue) {
-			a.Fail(fmt.Errorf("receive queue: %w", err))
-			return
-		}
-		if !ok {
-			if q.ArmNotify(a.Mem) {
-				continue
-			}
-			if !a.Kicks[rxQueue].Wait() {
-				return
-			}
-			continue
-		}
-		var n uint32
-		if err == nil && virtio.Len(c.Writable) >= uint64(len(frame)) {
-			if k, err := virtio.Scatter(a.Mem, c.Writable, frame); err == nil {
-				n = uint32(k)
-			}
-		}
-		if err := q.Push(a.Mem, c.Head, n); err != nil {
-			a.Fail(fmt.Errorf("receive queue: %w", err))
-			return
-		}
-		a.Interrupt(q)
+	chainErr, ok := virtio.NextChain(*a, rxQueue, &d.rx)
+	if !ok {
 		return
 	}
+	c := &d.rx
+	var n uint32
+	if chainErr == nil && virtio.Len(c.Writable) >= uint64(len(frame)) {
+		if k, err := virtio.Scatter(a.Mem, c.Writable, frame); err == nil {
+			n = uint32(k)
+		}
+	}
+	q := a.Queues[rxQueue]
+	if err := q.Push(a.Mem, c.Head, n); err != nil {
+		a.Fail(fmt.Errorf("receive queue: %w", err))
+		return
+	}
+	a.Interrupt(q)
 }

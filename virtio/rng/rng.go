@@ -5,7 +5,6 @@ package rng
 import (
 	"crypto/rand"
 	"errors"
-	"sync"
 
 	"github.com/capsule-vm/capsule/virtio"
 )
@@ -20,8 +19,7 @@ const (
 
 // Device is a virtio-rng device.
 type Device struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
+	server virtio.Server
 }
 
 // New returns a virtio-rng device.
@@ -47,23 +45,14 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if !a.Queues[0].Ready {
 		return errors.New("request queue not enabled")
 	}
-	d.stop = make(chan struct{})
-	d.wg.Go(func() {
-		virtio.Serve(a, 0, d.stop, func(c virtio.Chain, chainErr error) uint32 {
-			return Handle(a, c, chainErr)
-		})
+	d.server.Start(a, 0, func(c virtio.Chain, chainErr error) uint32 {
+		return Handle(a, c, chainErr)
 	})
 	return nil
 }
 
 // Reset implements virtio.Device.
-func (d *Device) Reset() {
-	if d.stop != nil {
-		close(d.stop)
-		d.wg.Wait()
-		d.stop = nil
-	}
-}
+func (d *Device) Reset() { d.server.Stop() }
 
 // Handle fills the chain's device-writable buffers with random bytes, at
 // most MaxRequest, and returns how many it wrote.

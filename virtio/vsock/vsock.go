@@ -19,6 +19,7 @@
 package vsock
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -198,16 +199,10 @@ func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize
 // ReadConfig implements virtio.Device: the guest CID, 64 bits at 0.
 func (d *Device) ReadConfig(off uint64, p []byte) {
 	var cfg [8]byte
-	Header{SrcCID: d.cid}.putCID(cfg[:])
+	binary.LittleEndian.PutUint64(cfg[:], d.cid)
 	clear(p)
 	if off < uint64(len(cfg)) {
 		copy(p, cfg[off:])
-	}
-}
-
-func (h Header) putCID(b []byte) {
-	for i := range 8 {
-		b[i] = byte(h.SrcCID >> (8 * i))
 	}
 }
 
@@ -310,6 +305,7 @@ func (d *Device) next(stop <-chan struct{}) *packet {
 // rxLoop moves pending packets into the guest's receive buffers.
 func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
 	q := a.Queues[rxQueue]
+	var c virtio.Chain // reused
 	for {
 		p := d.next(stop)
 		if p == nil {
@@ -319,22 +315,12 @@ func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
 			if p.c != nil && p.hdr.Op == OpRW && p.c.isClosed() {
 				break // the connection is gone; so is its data
 			}
-			c, ok, err := q.Pop(a.Mem)
-			if errors.Is(err, virtio.ErrBadQueue) {
-				a.Fail(fmt.Errorf("receive queue: %w", err))
+			chainErr, ok := virtio.NextChain(a, rxQueue, &c)
+			if !ok {
 				return
 			}
-			if !ok {
-				if q.ArmNotify(a.Mem) {
-					continue
-				}
-				if !a.Kicks[rxQueue].Wait() {
-					return
-				}
-				continue
-			}
 			var n uint32
-			if err == nil {
+			if chainErr == nil {
 				n, p = d.put(a, c, p)
 			}
 			if err := q.Push(a.Mem, c.Head, n); err != nil {
