@@ -113,30 +113,48 @@ image) or "net" (TCP from the guest to the host over the user-mode network for
 	}
 	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, QEMUKernel: c.qemuKernel, CPUs: c.cpus, MemoryMiB: c.memory,
 		Runs: c.runs, Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	rep.Capsule, rep.QEMU, err = alternate(c, stderr,
+		func(int) (sample, error) { return benchCapsule(ctx, self, c) },
+		func(int) (sample, error) { return benchQEMU(ctx, c) })
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(stdout, rep.withSummary())
+	}
+	rep.print(stdout)
+	return nil
+}
+
+// alternate runs c.runs iterations of capsule, then QEMU when c.against
+// asks for it, so that both see the same host load, and reports progress
+// unless the output is JSON. The first error, naming the run, ends it.
+func alternate[S any](c benchConfig, stderr io.Writer, capsule, qemu func(i int) (S, error)) (cs, qs []S, err error) {
 	for i := range c.runs {
-		s, err := benchCapsule(ctx, self, c)
+		s, err := capsule(i)
 		if err != nil {
-			return fmt.Errorf("capsule run %d: %w", i+1, err)
+			return nil, nil, fmt.Errorf("capsule run %d: %w", i+1, err)
 		}
-		rep.Capsule = append(rep.Capsule, s)
+		cs = append(cs, s)
 		if c.against == "qemu" {
-			q, err := benchQEMU(ctx, c)
+			q, err := qemu(i)
 			if err != nil {
-				return fmt.Errorf("qemu run %d: %w", i+1, err)
+				return nil, nil, fmt.Errorf("qemu run %d: %w", i+1, err)
 			}
-			rep.QEMU = append(rep.QEMU, q)
+			qs = append(qs, q)
 		}
 		if !c.json {
 			fmt.Fprintf(stderr, "bench: run %d/%d done\n", i+1, c.runs)
 		}
 	}
-	if c.json {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep.withSummary())
-	}
-	rep.print(stdout)
-	return nil
+	return cs, qs, nil
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func hostDescription() string {

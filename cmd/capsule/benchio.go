@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -60,7 +59,10 @@ func benchIO(ctx context.Context, self string, c benchConfig, workload string, s
 	rep := ioReport{Workload: workload, Machine: c.qemuMachine, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
 		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
 	run := func(i int, qemu bool) (ioSample, error) {
-		who := map[bool]string{false: "capsule", true: "qemu"}[qemu]
+		who := "capsule"
+		if qemu {
+			who = "qemu"
+		}
 		var err error
 		for attempt := 1; attempt <= ioAttempts; attempt++ {
 			var s ioSample
@@ -76,29 +78,17 @@ func benchIO(ctx context.Context, self string, c benchConfig, workload string, s
 			rep.Repeated[who]++
 			fmt.Fprintf(stderr, "bench: %s run %d failed, repeating it: %v\n", who, i+1, err)
 		}
-		return ioSample{}, fmt.Errorf("%s run %d: %w", who, i+1, err)
+		return ioSample{}, err
 	}
-	for i := range c.runs {
-		s, err := run(i, false)
-		if err != nil {
-			return err
-		}
-		rep.Capsule = append(rep.Capsule, s)
-		if c.against == "qemu" {
-			q, err := run(i, true)
-			if err != nil {
-				return err
-			}
-			rep.QEMU = append(rep.QEMU, q)
-		}
-		if !c.json {
-			fmt.Fprintf(stderr, "bench: run %d/%d done\n", i+1, c.runs)
-		}
+	var err error
+	rep.Capsule, rep.QEMU, err = alternate(c, stderr,
+		func(i int) (ioSample, error) { return run(i, false) },
+		func(i int) (ioSample, error) { return run(i, true) })
+	if err != nil {
+		return err
 	}
 	if c.json {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return writeJSON(stdout, rep)
 	}
 	rep.print(stdout)
 	return nil
