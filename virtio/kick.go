@@ -28,11 +28,22 @@ func newKick(fd int) *Kick {
 
 var eventOne = []byte{1, 0, 0, 0, 0, 0, 0, 0}
 
+// SignalEventFD adds one to the counter of eventfd fd, waking whoever
+// reads it (a device's Kick) or, for an irqfd, raising its interrupt. A
+// saturated counter is not an error: a wake-up is pending already.
+func SignalEventFD(fd int) error {
+	_, err := unix.Write(fd, eventOne)
+	if errors.Is(err, unix.EAGAIN) {
+		return nil
+	}
+	return err
+}
+
 // Signal notifies the waiter; notifications that arrive before it waits
 // again are coalesced. It never blocks.
 func (k *Kick) Signal() {
 	if k.fd >= 0 {
-		unix.Write(k.fd, eventOne)
+		SignalEventFD(k.fd)
 		return
 	}
 	select {

@@ -256,17 +256,11 @@ type eventInterrupt struct {
 	irq uint32
 }
 
-var one = []byte{1, 0, 0, 0, 0, 0, 0, 0}
-
 func (e eventInterrupt) Trigger() error {
 	if e.fd < 0 {
 		return e.vm.PulseIRQ(e.irq)
 	}
-	_, err := unix.Write(e.fd, one)
-	if errors.Is(err, unix.EAGAIN) {
-		return nil // the counter is saturated: an interrupt is pending
-	}
-	return err
+	return virtio.SignalEventFD(e.fd)
 }
 
 // addVirtio puts the opened devices on the MMIO bus and wires their queue
