@@ -77,3 +77,13 @@ type Activation struct {
 	// driver resets it: the transport sets DEVICE_NEEDS_RESET.
 	Fail func(err error)
 }
+
+// ReadConfigFrom fills p from cfg, a device's configuration space, at
+// offset off, as ReadConfig must: bytes beyond the end of cfg read as
+// zero.
+func ReadConfigFrom(cfg []byte, off uint64, p []byte) {
+	clear(p)
+	if off < uint64(len(cfg)) {
+		copy(p, cfg[off:])
+	}
+}

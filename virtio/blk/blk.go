@@ -156,10 +156,7 @@ func (d *Device) ReadConfig(off uint64, p []byte) {
 	var cfg [16]byte
 	binary.LittleEndian.PutUint64(cfg[0:], d.capacity/SectorSize)
 	binary.LittleEndian.PutUint32(cfg[12:], QueueSize-2)
-	clear(p)
-	if off < uint64(len(cfg)) {
-		copy(p, cfg[off:])
-	}
+	virtio.ReadConfigFrom(cfg[:], off, p)
 }
 
 // WriteConfig implements virtio.Device; the configuration is read-only.

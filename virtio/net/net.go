@@ -130,10 +130,7 @@ func (d *Device) ReadConfig(off uint64, p []byte) {
 	copy(cfg[:6], d.mac)
 	binary.LittleEndian.PutUint16(cfg[6:], statusLinkUp)
 	binary.LittleEndian.PutUint16(cfg[8:], 1)
-	clear(p)
-	if off < uint64(len(cfg)) {
-		copy(p, cfg[off:])
-	}
+	virtio.ReadConfigFrom(cfg[:], off, p)
 }
 
 // WriteConfig implements virtio.Device; the MAC is not writable.

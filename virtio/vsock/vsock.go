@@ -200,10 +200,7 @@ func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize
 func (d *Device) ReadConfig(off uint64, p []byte) {
 	var cfg [8]byte
 	binary.LittleEndian.PutUint64(cfg[:], d.cid)
-	clear(p)
-	if off < uint64(len(cfg)) {
-		copy(p, cfg[off:])
-	}
+	virtio.ReadConfigFrom(cfg[:], off, p)
 }
 
 // WriteConfig implements virtio.Device; the configuration is read-only.
