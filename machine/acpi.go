@@ -14,8 +14,9 @@ import (
 // their interrupts unless every device were also described in AML. The
 // tables are an RSDP, an XSDT, a FADT with the PM1a event and control
 // blocks at PMBase (SCI on IRQ 9, never raised) and the i8042 reset as its
-// reset register, a FACS, a DSDT holding only the \_S5 sleep package (so
-// that an ACPI power-off writes SLP_EN to PM1a control), and a MADT listing
+// reset register, a FACS, a DSDT holding the \_S5 sleep package (so
+// that an ACPI power-off writes SLP_EN to PM1a control) and QEMU's pvpanic
+// device, and a MADT listing
 // every vCPU's local APIC and the I/O APIC. They sit in the reserved BIOS
 // area, where a kernel scans for the RSDP.
 const (
@@ -77,10 +78,6 @@ func sdt(sig string, rev byte, body []byte) []byte {
 	t[9] = checksum(t)
 	return t
 }
-
-// dsdtAML is the DSDT body: Name (_S5, Package (2) {0, 0}), the sleep
-// type values for soft-off.
-var dsdtAML = []byte{0x08, '_', 'S', '5', '_', 0x12, 0x04, 0x02, 0x00, 0x00}
 
 const facsSize = 64
 
