@@ -219,23 +219,32 @@ func probe(dev, sysModule string) HostInfo {
 	h.IRQFD = s.CheckExtension(CapIRQFD) > 0
 	h.IOEventFD = s.CheckExtension(CapIOEventFD) > 0
 	h.ImmediateExt = s.CheckExtension(CapImmediateExit) > 0
+	h.Kind, h.Vendor, h.Nested = classify(sysModule, h.NestedState)
+	return h
+}
+
+// Kind says what kind of KVM the opened /dev/kvm is (see Probe).
+func (s *System) Kind() Kind {
+	k, _, _ := classify("/sys/module", s.CheckExtension(CapNestedState))
+	return k
+}
+
+// classify tells the kind of KVM from the modules loaded and
+// KVM_CAP_NESTED_STATE, with the vendor and the nested parameter.
+func classify(sysModule string, nestedState int) (kind Kind, vendor, nested string) {
 	switch {
 	case exists(sysModule + "/kvm_pvm"):
-		h.Kind, h.Vendor = KindPVM, "pvm"
+		return KindPVM, "pvm", ""
 	case exists(sysModule + "/kvm_intel"):
-		h.Kind, h.Vendor = KindHardware, "intel"
-		h.Nested = readTrim(sysModule + "/kvm_intel/parameters/nested")
+		return KindHardware, "intel", readTrim(sysModule + "/kvm_intel/parameters/nested")
 	case exists(sysModule + "/kvm_amd"):
-		h.Kind, h.Vendor = KindHardware, "amd"
-		h.Nested = readTrim(sysModule + "/kvm_amd/parameters/nested")
-	case h.NestedState > 0:
+		return KindHardware, "amd", readTrim(sysModule + "/kvm_amd/parameters/nested")
+	case nestedState > 0:
 		// Built-in modules without sysfs entries: KVM_CAP_NESTED_STATE is
 		// only offered by the VT-x/SVM back ends, never by PVM.
-		h.Kind = KindHardware
-	default:
-		h.Kind = KindUnknown
+		return KindHardware, "", ""
 	}
-	return h
+	return KindUnknown, "", ""
 }
 
 func pvmGuestHint(sysModule string) string {

@@ -170,6 +170,28 @@ func (m *GuestMemory) Zero(gpa, n uint64) error {
 	return nil
 }
 
+// PageSize is the granule Discard works in.
+const PageSize = 4096
+
+// Discard gives the host memory behind [gpa, gpa+n) back to the host
+// (madvise MADV_DONTNEED): the pages read as zero afterwards and take no
+// host memory until the guest touches them again. gpa and n must be
+// multiples of PageSize and the range inside one region. A balloon
+// device reclaims the pages a guest gives up with it.
+func (m *GuestMemory) Discard(gpa, n uint64) error {
+	if gpa%PageSize != 0 || n%PageSize != 0 {
+		return fmt.Errorf("discard [%#x, +%#x): not page-aligned: %w", gpa, n, ErrOutOfRange)
+	}
+	s, err := m.Slice(gpa, n)
+	if err != nil || n == 0 {
+		return err
+	}
+	if err := unix.Madvise(s, unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("discard [%#x, +%#x): %w", gpa, n, err)
+	}
+	return nil
+}
+
 // Uint8 reads a byte.
 func (m *GuestMemory) Uint8(gpa uint64) (uint8, error) {
 	s, err := m.Slice(gpa, 1)

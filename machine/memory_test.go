@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -195,5 +196,43 @@ func TestStoreUint16Atomic(t *testing.T) {
 	}
 	if err := m.StoreUint16Atomic(m.Size(), 1); err == nil {
 		t.Error("address past RAM accepted")
+	}
+}
+
+func TestDiscardZeroesAndReleases(t *testing.T) {
+	m, err := NewGuestMemory(8 * MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	data := bytes.Repeat([]byte{0xa5}, 64*PageSize)
+	if err := m.WriteAt(data, 2*MiB); err != nil {
+		t.Fatal(err)
+	}
+	before, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Discard(2*MiB, 64*PageSize); err != nil {
+		t.Fatal(err)
+	}
+	after, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after > before-64*PageSize {
+		t.Errorf("resident %d bytes after discarding 256 KiB of %d", after, before)
+	}
+	got := make([]byte, len(data))
+	if err := m.ReadAt(got, 2*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Error("discarded pages do not read as zero")
+	}
+	for _, c := range []struct{ gpa, n uint64 }{{1, PageSize}, {0, 1}, {8 * MiB, PageSize}, {^uint64(0) &^ (PageSize - 1), PageSize}} {
+		if err := m.Discard(c.gpa, c.n); err == nil {
+			t.Errorf("Discard(%#x, %#x) accepted", c.gpa, c.n)
+		}
 	}
 }

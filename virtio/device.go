@@ -76,6 +76,9 @@ type Activation struct {
 	// Fail reports an error that leaves the device unusable until the
 	// driver resets it: the transport sets DEVICE_NEEDS_RESET.
 	Fail func(err error)
+	// ConfigChanged tells the driver that the configuration space changed
+	// (a new generation and a configuration-change interrupt).
+	ConfigChanged func()
 }
 
 // ReadConfigFrom fills p from cfg, a device's configuration space, at

@@ -97,6 +97,7 @@ type MMIO struct {
 
 	intStatus  atomic.Uint32
 	needsReset atomic.Bool
+	configGen  atomic.Uint32
 }
 
 // NewMMIO returns the transport for dev over mem, raising irq.
@@ -158,6 +159,21 @@ func (m *MMIO) fail(err error) {
 	m.interrupt(InterruptConfig)
 }
 
+// ConfigChanged records a change of the device's configuration space: the
+// configuration generation the driver reads moves on (so a driver reading
+// a multi-field value sees it changed under it and reads again), and once
+// the driver has set DRIVER_OK it gets a configuration-change interrupt.
+// It never blocks on the guest.
+func (m *MMIO) ConfigChanged() {
+	m.configGen.Add(1)
+	m.mu.Lock()
+	live := m.status&StatusDriverOK != 0
+	m.mu.Unlock()
+	if live {
+		m.interrupt(InterruptConfig)
+	}
+}
+
 // Read handles a guest read of the register window.
 func (m *MMIO) Read(off uint64, data []byte) {
 	clear(data)
@@ -215,7 +231,7 @@ func (m *MMIO) readReg(off uint64) uint32 {
 	case RegSHMLenLow, RegSHMLenHigh:
 		return 0xffffffff // no shared memory regions
 	case RegConfigGeneration:
-		return 0
+		return m.configGen.Load()
 	}
 	return 0
 }
@@ -399,7 +415,8 @@ func (m *MMIO) activate() {
 				m.interrupt(InterruptUsed)
 			}
 		},
-		Fail: m.fail,
+		Fail:          m.fail,
+		ConfigChanged: m.ConfigChanged,
 	})
 	if err != nil {
 		m.kicks = nil

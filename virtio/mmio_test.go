@@ -236,3 +236,27 @@ func TestEventIdx(t *testing.T) {
 		t.Errorf("%d more interrupts although used_event is 5", n-irqs)
 	}
 }
+
+func TestConfigChangedInterruptsOnlyALiveDriver(t *testing.T) {
+	d := newDriver(t)
+	gen := d.Read(virtio.RegConfigGeneration)
+	d.M.ConfigChanged() // before DRIVER_OK: a new generation, no interrupt
+	if g := d.Read(virtio.RegConfigGeneration); g == gen {
+		t.Fatalf("config generation stayed %d across a change", g)
+	}
+	if n := d.IRQ.Count.Load(); n != 0 {
+		t.Fatalf("%d interrupts before DRIVER_OK", n)
+	}
+	d.Setup(virtio.FeatureVersion1)
+	gen = d.Read(virtio.RegConfigGeneration)
+	d.M.ConfigChanged()
+	if d.Read(virtio.RegConfigGeneration) == gen {
+		t.Fatal("config generation did not move")
+	}
+	if n := d.IRQ.Count.Load(); n != 1 {
+		t.Fatalf("%d interrupts after a change with DRIVER_OK, want 1", n)
+	}
+	if s := d.Read(virtio.RegInterruptStatus); s&virtio.InterruptConfig == 0 {
+		t.Fatalf("interrupt status %#x lacks the configuration-change bit", s)
+	}
+}

@@ -123,11 +123,15 @@ func TestNewRejectsBadInputBeforeKVM(t *testing.T) {
 		want string
 		is   error
 	}{
-		{"missing kernel flag", Config{}, "--kernel is required", nil},
+		{"no kernel", Config{}, "no kernel given", nil},
 		{"missing kernel file", Config{Kernel: "/nonexistent/kernel"}, "/nonexistent/kernel", bootloader.ErrNotFound},
 		{"not an ELF", Config{Kernel: "../testdata/guests/hello.S"}, "hello.S", bootloader.ErrNotKernel},
-		{"zero vCPUs", Config{Kernel: "x", CPUs: -1}, "--cpus", nil},
-		{"too little memory", Config{Kernel: "x", MemoryMiB: 1}, "--memory", nil},
+		{"negative vCPUs", Config{Kernel: "x", CPUs: -1}, "-1 vCPUs: must be between 1 and 254", nil},
+		{"more vCPUs than the tables describe", Config{Kernel: "x", CPUs: 255}, "255 vCPUs", nil},
+		{"too little memory", Config{Kernel: "x", MemoryMiB: 1}, "1 MiB of memory", nil},
+		{"memory whose byte count overflows", Config{Kernel: "x", MemoryMiB: 1 << 45}, "must be between", nil},
+		{"a disk given twice", Config{Kernel: "x", Devices: []Device{Disk{Path: "a.img"}, Disk{Path: "./a.img", ReadOnly: true}}}, "a VM can use disk image a.img only once", nil},
+		{"too many devices", Config{Kernel: "x", Devices: []Device{RNG{}, RNG{}, RNG{}, RNG{}, RNG{}, RNG{}, RNG{}, RNG{}, RNG{}, RNG{}}}, "at most 9", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm, err := New(tc.cfg)

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/bootloader"
 	"github.com/capsule-vm/capsule/vmm"
 )
 
@@ -38,39 +38,24 @@ connected to this terminal: output goes to stdout, and what you type goes to
 the guest. On a terminal, type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends
 a Ctrl-A to the guest).
 
-capsule exits with the status the guest writes to I/O port 0xf4, with 0 when
-the guest reboots, 124 when --timeout expires, 125 when the guest
-triple-faults, 126 when a vCPU cannot go on, 128+N after signal N, and 1 when
+capsule exits with the status the guest writes to I/O port 0xf4, with
+(v << 1) | 1 when it writes v to QEMU's isa-debug-exit port 0x501, with 0
+when the guest reboots or powers off, 124 when --timeout expires, 125 when
+the guest triple-faults, 126 when a vCPU cannot go on, 127 when the guest
+reports a panic (pvpanic, port 0x505), 128+N after signal N, and 1 when
 capsule itself fails. A summary with the boot time (the guest's write of 123
 to I/O port 0xf5) goes to stderr.
 `, stderr)
 	var cfg vmm.Config
 	var timeout time.Duration
 	var quiet bool
-	fs.StringVar(&cfg.Kernel, "kernel", "", "kernel to boot: Linux bzImage, PVH vmlinux, Multiboot or capsule unikernel ELF (required)")
+	fs.StringVar(&cfg.Kernel, "kernel", "", "kernel to boot: Linux bzImage, ELF vmlinux (PVH or 64-bit entry), Multiboot, or an ELF64 unikernel (required)")
 	fs.StringVar(&cfg.Initrd, "initrd", "", "initial ramdisk to load (Linux kernels)")
 	fs.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line")
 	fs.IntVar(&cfg.CPUs, "cpus", vmm.DefaultCPUs, "number of vCPUs")
 	fs.IntVar(&cfg.MemoryMiB, "memory", vmm.DefaultMemoryMiB, "guest RAM in MiB")
-	var disks []string
-	fs.StringArrayVar(&disks, "disk", nil, "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
-		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
-		"no second VM can write it")
-	var nets []string
-	fs.StringArrayVar(&nets, "net", nil, "add a virtio-net interface `MODE` (repeatable; eth0, eth1, ...); MODE is one of\n"+
-		"  user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...  rootless user-mode network: the guest\n"+
-		"      gets 10.0.2.15/24 by DHCP (gateway 10.0.2.2, DNS 10.0.2.3); 10.0.2.2 is the host's\n"+
-		"      127.0.0.1; hostfwd (repeatable, tcp or udp) makes a host port reach a guest port\n"+
-		"  tap:NAME[,ip=ADDR/PREFIX]  the host TAP device NAME; one that does not exist is created\n"+
-		"      (root or CAP_NET_ADMIN), brought up with ip= as the host's address, and removed when\n"+
-		"      capsule exits; an existing one is used as it is\n"+
-		"and mac=MAC sets the guest's MAC (default: random)")
-	var vsocks []string
-	fs.StringArrayVar(&vsocks, "vsock", nil, "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
-		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
-		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
-		"UDS_PATH_P, where a host program listens")
-	fs.BoolVar(&cfg.RNG, "rng", false, "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
+	var devs deviceFlags
+	devs.add(fs)
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
 	var verbose bool
@@ -84,45 +69,27 @@ to I/O port 0xf5) goes to stderr.
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (flags take the form --kernel PATH)", fs.Arg(0))
 	}
-	if cfg.CPUs < 1 {
-		return fmt.Errorf("--cpus %d: must be at least 1", cfg.CPUs)
+	if err := vmm.CheckCPUs(cfg.CPUs); err != nil {
+		return fmt.Errorf("--cpus %d: %w", cfg.CPUs, err)
 	}
-	if cfg.MemoryMiB < 1 {
-		return fmt.Errorf("--memory %d: must be a positive number of MiB", cfg.MemoryMiB)
+	if err := vmm.CheckMemory(cfg.MemoryMiB); err != nil {
+		return fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
 	}
 	if timeout < 0 {
 		return fmt.Errorf("--timeout %v: must not be negative", timeout)
 	}
-	for _, d := range disks {
-		disk, err := vmm.ParseDisk(d)
-		if err != nil {
-			return err
-		}
-		cfg.Disks = append(cfg.Disks, disk)
+	if cfg.Kernel == "" {
+		return errors.New("--kernel is required")
 	}
-	for _, n := range nets {
-		nc, err := vmm.ParseNet(n)
-		if err != nil {
-			return err
-		}
-		cfg.Nets = append(cfg.Nets, nc)
-	}
-	switch len(vsocks) {
-	case 0:
-	case 1:
-		v, err := vmm.ParseVsock(vsocks[0])
-		if err != nil {
-			return err
-		}
-		cfg.Vsock = &v
-	default:
-		return fmt.Errorf("--vsock given %d times: a VM has one vsock device (one CID)", len(vsocks))
+	var err error
+	if cfg.Devices, err = devs.Devices(); err != nil {
+		return err
 	}
 	cfg.Console = stdout
 	cfg.Log = stderr
 
 	vm, err := vmm.New(cfg)
-	if errors.Is(err, kvm.ErrNoKVM) {
+	if errors.Is(err, vmm.ErrNoKVM) {
 		return fmt.Errorf("%w (capsule probe says more; make demo boots through the nested rig)", err)
 	}
 	if err != nil {
@@ -131,7 +98,7 @@ to I/O port 0xf5) goes to stderr.
 	defer vm.Close()
 	if verbose {
 		info := vm.Info()
-		fmt.Fprintf(stderr, "capsule: %s %s (%s), initrd at %#x (%d bytes)\n", info.Format, cfg.Kernel, info.Version, info.InitrdAddr, info.InitrdSize)
+		fmt.Fprintf(stderr, "capsule: %s\n", describeKernel(cfg.Kernel, info))
 		for _, p := range vm.Phases() {
 			fmt.Fprintf(stderr, "capsule: %8s  %s\n", ms(p.At), p.Name)
 		}
@@ -179,6 +146,20 @@ to I/O port 0xf5) goes to stderr.
 		return exitError{status}
 	}
 	return nil
+}
+
+// describeKernel is the -v line about the loaded kernel.
+func describeKernel(path string, info bootloader.Info) string {
+	s := fmt.Sprintf("%s %s", info.Format, path)
+	if info.Version != "" {
+		s += " (" + info.Version + ")"
+	}
+	if info.InitrdSize > 0 {
+		s += fmt.Sprintf(", initrd at %#x (%d bytes)", info.InitrdAddr, info.InitrdSize)
+	} else {
+		s += ", no initrd"
+	}
+	return s
 }
 
 // outcome maps how the VM ended to capsule's exit status and a note.

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	vnet "github.com/capsule-vm/capsule/virtio/net"
+	"github.com/capsule-vm/capsule/virtio/net/usernet"
+	"github.com/capsule-vm/capsule/virtio/vsock"
+	"github.com/capsule-vm/capsule/vmm"
+)
+
+// deviceFlags collects the device flags of capsule run in the order they
+// appear on the command line, which is the order of the VM's device
+// slots. Values are parsed once flag parsing is done (Devices), so that a
+// bad one is reported in capsule's words rather than pflag's.
+type deviceFlags struct {
+	given []givenDevice
+	vsock int // --vsock flags parsed
+}
+
+type givenDevice struct {
+	parse func(string) (vmm.Device, error)
+	val   string
+}
+
+// Devices parses the device flags, in command-line order.
+func (d *deviceFlags) Devices() ([]vmm.Device, error) {
+	var specs []vmm.Device
+	for _, g := range d.given {
+		spec, err := g.parse(g.val)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, spec)
+	}
+	return specs, nil
+}
+
+// deviceFlag is one repeatable device flag.
+type deviceFlag struct {
+	all   *deviceFlags
+	parse func(string) (vmm.Device, error)
+	vals  []string
+}
+
+func (f *deviceFlag) String() string { return strings.Join(f.vals, " ") }
+func (f *deviceFlag) Type() string   { return "string" }
+
+func (f *deviceFlag) Set(s string) error {
+	f.vals = append(f.vals, s)
+	f.all.given = append(f.all.given, givenDevice{f.parse, s})
+	return nil
+}
+
+// boolDeviceFlag is a device flag without a value, such as --rng.
+type boolDeviceFlag struct {
+	all *deviceFlags
+	dev vmm.Device
+	set bool
+}
+
+func (f *boolDeviceFlag) String() string   { return strconv.FormatBool(f.set) }
+func (f *boolDeviceFlag) Type() string     { return "bool" }
+func (f *boolDeviceFlag) IsBoolFlag() bool { return true }
+
+func (f *boolDeviceFlag) Set(s string) error {
+	on, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	if on && !f.set {
+		dev := f.dev
+		f.all.given = append(f.all.given, givenDevice{func(string) (vmm.Device, error) { return dev, nil }, s})
+	}
+	f.set = f.set || on
+	return nil
+}
+
+// add defines the device flags on fs.
+func (d *deviceFlags) add(fs *pflag.FlagSet) {
+	fs.Var(&deviceFlag{all: d, parse: parseDisk}, "disk", "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
+		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
+		"no second VM can write it")
+	fs.Var(&deviceFlag{all: d, parse: parseNet}, "net", "add a virtio-net interface `MODE` (repeatable; eth0, eth1, ...); MODE is one of\n"+
+		"  user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...  rootless user-mode network: the guest\n"+
+		"      gets 10.0.2.15/24 by DHCP (gateway 10.0.2.2, DNS 10.0.2.3); 10.0.2.2 is the host's\n"+
+		"      127.0.0.1; hostfwd (repeatable, tcp or udp) makes a host port reach a guest port\n"+
+		"  tap:NAME[,ip=ADDR/PREFIX]  the host TAP device NAME; one that does not exist is created\n"+
+		"      (root or CAP_NET_ADMIN), brought up with ip= as the host's address, and removed when\n"+
+		"      capsule exits; an existing one is used as it is\n"+
+		"and mac=MAC sets the guest's MAC (default: random)")
+	fs.Var(&deviceFlag{all: d, parse: d.parseVsock}, "vsock", "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
+		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
+		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
+		"UDS_PATH_P, where a host program listens")
+	fs.Var(&boolDeviceFlag{all: d, dev: vmm.RNG{}}, "rng", "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
+	fs.Lookup("rng").NoOptDefVal = "true"
+}
+
+// parseDisk parses a --disk value: PATH[,ro|,rw].
+func parseDisk(s string) (vmm.Device, error) {
+	path, opts, _ := strings.Cut(s, ",")
+	if path == "" {
+		return nil, fmt.Errorf("--disk %q: want PATH[,ro]", s)
+	}
+	d := vmm.Disk{Path: path}
+	if opts != "" {
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "ro", "readonly":
+				d.ReadOnly = true
+			case "rw":
+				d.ReadOnly = false
+			default:
+				return nil, fmt.Errorf("--disk %q: unknown option %q (known: ro, rw)", s, o)
+			}
+		}
+	}
+	return d, nil
+}
+
+// parseVsock parses a --vsock value: CID,UDS_PATH. A VM has one.
+func (d *deviceFlags) parseVsock(s string) (vmm.Device, error) {
+	if d.vsock++; d.vsock > 1 {
+		return nil, fmt.Errorf("--vsock given %d times: a VM has one vsock device (one CID)", d.vsock)
+	}
+	cidStr, path, ok := strings.Cut(s, ",")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("--vsock %q: want CID,UDS_PATH", s)
+	}
+	cid, err := strconv.ParseUint(cidStr, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("--vsock %q: CID %q is not a number", s, cidStr)
+	}
+	if err := vsock.ValidateCID(cid); err != nil {
+		return nil, fmt.Errorf("--vsock %q: %w", s, err)
+	}
+	return vmm.Vsock{CID: cid, Path: path}, nil
+}
+
+// parseNet parses a --net value: tap:NAME[,mac=MAC][,ip=ADDR/PREFIX] or
+// user[,mac=MAC][,hostfwd=RULE]....
+func parseNet(s string) (vmm.Device, error) {
+	var n vmm.Net
+	var opts string
+	switch {
+	case s == "user" || strings.HasPrefix(s, "user,"):
+		n.User = true
+		_, opts, _ = strings.Cut(s, ",")
+	case strings.HasPrefix(s, "tap:"):
+		n.TAP, opts, _ = strings.Cut(strings.TrimPrefix(s, "tap:"), ",")
+		if n.TAP == "" {
+			return nil, fmt.Errorf("--net %q: the TAP needs a name, as in tap:tap0", s)
+		}
+	default:
+		return nil, fmt.Errorf("--net %q: want user[,hostfwd=tcp:HOSTPORT-:GUESTPORT...] or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
+	}
+	if opts == "" {
+		return n, nil
+	}
+	for _, o := range strings.Split(opts, ",") {
+		key, val, _ := strings.Cut(o, "=")
+		switch {
+		case key == "hostfwd" && n.User:
+			f, err := usernet.ParseHostFwd(val)
+			if err != nil {
+				return nil, fmt.Errorf("--net %q: %w", s, err)
+			}
+			n.HostFwds = append(n.HostFwds, f)
+		case key == "ip" && n.User:
+			return nil, fmt.Errorf("--net %q: ip= is for tap; the user network's addresses are fixed (guest 10.0.2.15, host 10.0.2.2)", s)
+		case key == "mac":
+			m, err := vnet.ParseMAC(val)
+			if err != nil {
+				return nil, fmt.Errorf("--net %q: %w", s, err)
+			}
+			n.MAC = m
+		case key == "ip":
+			ip, ipnet, err := net.ParseCIDR(val)
+			if err != nil {
+				return nil, fmt.Errorf("--net %q: ip=%s: want an address with a prefix length, such as 10.0.0.1/24", s, val)
+			}
+			ipnet.IP = ip
+			n.HostAddr = ipnet
+		default:
+			known := "mac, ip"
+			if n.User {
+				known = "mac, hostfwd"
+			}
+			return nil, fmt.Errorf("--net %q: unknown option %q (known: %s)", s, key, known)
+		}
+	}
+	return n, nil
+}

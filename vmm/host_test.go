@@ -1,0 +1,61 @@
+package vmm
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/capsule-vm/capsule/bootloader"
+	"github.com/capsule-vm/capsule/kvm"
+)
+
+func TestLinuxOnPVMIsRefusedAtOnce(t *testing.T) {
+	defer func(f func(*kvm.System) kvm.Kind) { hostKind = f }(hostKind)
+	for _, tc := range []struct {
+		format bootloader.Format
+		kind   kvm.Kind
+		refuse bool
+	}{
+		{bootloader.FormatBzImage, kvm.KindPVM, true},
+		{bootloader.FormatPVH, kvm.KindPVM, true},
+		{bootloader.FormatUnikernel, kvm.KindPVM, false},
+		{bootloader.FormatMultiboot, kvm.KindPVM, false},
+		{bootloader.FormatBzImage, kvm.KindHardware, false},
+	} {
+		hostKind = func(*kvm.System) kvm.Kind { return tc.kind }
+		v := &VM{cfg: Config{Kernel: "K"}, info: bootloader.Info{Format: tc.format}}
+		err := v.canBoot()
+		if got := err != nil; got != tc.refuse {
+			t.Errorf("%v on %v: refused %v, want %v (%v)", tc.format, tc.kind, got, tc.refuse, err)
+			continue
+		}
+		if err != nil && (!errors.Is(err, ErrCannotBootLinux) || !strings.Contains(err.Error(), "kvmrig") || strings.Contains(err.Error(), "\n")) {
+			t.Errorf("refusal %q: want one line wrapping ErrCannotBootLinux and naming the rig", err)
+		}
+	}
+}
+
+func TestTripleFaultReportDoesNotShowResetRegistersAsTheFaults(t *testing.T) {
+	var r kvm.Regs
+	var s kvm.Sregs
+	r.RIP = 0xfff0
+	s.CS.Selector, s.CS.Base = 0xf000, 0xffff0000
+	if !isResetState(r, s) {
+		t.Fatal("reset state not recognised")
+	}
+	s.CR0 = 1 // protected mode: a real fault state
+	if isResetState(r, s) {
+		t.Fatal("protected-mode state taken for the reset state")
+	}
+}
+
+func TestReasonNames(t *testing.T) {
+	for r := ReasonExitPort; r <= ReasonPanic; r++ {
+		if s := r.String(); s == "" || strings.HasPrefix(s, "Reason(") {
+			t.Errorf("reason %d has no name", int(r))
+		}
+	}
+	if s := Reason(99).String(); s != "Reason(99)" {
+		t.Errorf("unknown reason: %q", s)
+	}
+}

@@ -1,0 +1,110 @@
+package vmm
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+
+	"github.com/capsule-vm/capsule/virtio"
+	"github.com/capsule-vm/capsule/virtio/blk"
+	vnet "github.com/capsule-vm/capsule/virtio/net"
+	"github.com/capsule-vm/capsule/virtio/net/tap"
+	"github.com/capsule-vm/capsule/virtio/net/usernet"
+	"github.com/capsule-vm/capsule/virtio/rng"
+	"github.com/capsule-vm/capsule/virtio/vsock"
+)
+
+// The device specs of this package, one per kind of virtio device.
+
+// Disk is a virtio-blk disk on a raw image file or block device.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+}
+
+func (d Disk) String() string { return "disk " + d.Path }
+
+// Exclusive is the image's cleaned path: one image, one disk.
+func (d Disk) Exclusive() string { return "disk image " + filepath.Clean(d.Path) }
+
+func (d Disk) Open() (virtio.Device, error) { return blk.Open(d.Path, d.ReadOnly) }
+
+// Net is a virtio-net interface: on a host TAP device, or on the
+// user-mode network when User is set.
+type Net struct {
+	// User selects the rootless user-mode network (package usernet), with
+	// HostFwds.
+	User     bool
+	HostFwds []usernet.HostFwd
+	// TAP is the name of the host TAP device.
+	TAP string
+	// HostAddr is given to a TAP capsule creates (nil: none).
+	HostAddr *net.IPNet
+	// MAC is the guest's address; nil picks a random local one.
+	MAC net.HardwareAddr
+}
+
+func (n Net) String() string {
+	if n.User {
+		return "net user"
+	}
+	return "net tap:" + n.TAP
+}
+
+// Exclusive is the TAP's name; user-mode networks share nothing.
+func (n Net) Exclusive() string {
+	if n.User {
+		return ""
+	}
+	return "TAP " + n.TAP
+}
+
+func (n Net) Open() (virtio.Device, error) {
+	var be vnet.Backend
+	if n.User {
+		u, err := usernet.New(n.HostFwds)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", n, err)
+		}
+		be = u
+	} else {
+		t, err := tap.Open(n.TAP, n.HostAddr)
+		if err != nil {
+			return nil, err // names the TAP
+		}
+		be = t
+	}
+	mac := n.MAC
+	if mac == nil {
+		mac = vnet.RandomMAC()
+	}
+	return vnet.New(mac, be), nil
+}
+
+// Vsock is a virtio-vsock device: the guest's context ID and the Unix
+// socket of the host side (see package virtio/vsock). A VM has at most
+// one.
+type Vsock struct {
+	CID  uint64
+	Path string
+}
+
+func (s Vsock) String() string { return fmt.Sprintf("vsock %d,%s", s.CID, s.Path) }
+
+// Exclusive: a VM has one context ID, so one vsock device.
+func (s Vsock) Exclusive() string { return "a vsock device" }
+
+func (s Vsock) Open() (virtio.Device, error) {
+	d, err := vsock.Open(s.CID, s.Path)
+	if err != nil {
+		return nil, fmt.Errorf("vsock: %w", err)
+	}
+	return d, nil
+}
+
+// RNG is a virtio-rng device fed by the host's getrandom(2).
+type RNG struct{}
+
+func (RNG) String() string               { return "rng" }
+func (RNG) Exclusive() string            { return "" }
+func (RNG) Open() (virtio.Device, error) { return rng.New(), nil }
