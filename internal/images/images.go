@@ -28,6 +28,7 @@ const (
 const (
 	InitramfsFile      = "initramfs.cpio.gz"
 	StockKernelFile    = "stock.bzImage"
+	StockModulesFile   = "stock-modules.cpio" // the stock kernel's pvpanic modules, to append to an initramfs
 	MinimalBzImageFile = "minimal.bzImage"
 	MinimalVmlinuxFile = "minimal.vmlinux"
 )
@@ -38,11 +39,11 @@ func Outputs(target string) []string {
 	case Initramfs:
 		return []string{InitramfsFile}
 	case StockKernel:
-		return []string{StockKernelFile}
+		return []string{StockKernelFile, StockModulesFile}
 	case MinimalKernel:
 		return []string{MinimalBzImageFile, MinimalVmlinuxFile}
 	case All:
-		return []string{InitramfsFile, StockKernelFile, MinimalBzImageFile, MinimalVmlinuxFile}
+		return []string{InitramfsFile, StockKernelFile, StockModulesFile, MinimalBzImageFile, MinimalVmlinuxFile}
 	}
 	return nil
 }

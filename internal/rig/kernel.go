@@ -30,6 +30,24 @@ var guestModules = []struct{ name, path string }{
 	{"tun", "kernel/drivers/net/tun.ko"},
 }
 
+// StockGuestModules are modules of the same package that capsule's own
+// test guests load when they boot this kernel (the rig guest does not):
+// the pvpanic driver, which reports a guest kernel panic to the VMM. They
+// are staged next to the rig's modules, in load order.
+var StockGuestModules = []struct{ Name, Path string }{
+	{"pvpanic", "kernel/drivers/misc/pvpanic/pvpanic.ko"},
+	{"pvpanic-mmio", "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko"},
+}
+
+// stagedModules are the names and paths of every module staged.
+func stagedModules() []struct{ name, path string } {
+	all := append([]struct{ name, path string }(nil), guestModules...)
+	for _, m := range StockGuestModules {
+		all = append(all, struct{ name, path string }{m.Name, m.Path})
+	}
+	return all
+}
+
 // kernel is a cached, unpacked kernel: <dir>/vmlinuz and <dir>/<module>.ko.
 type kernel struct {
 	dir string
@@ -45,7 +63,7 @@ func (k kernel) complete() bool {
 	if !exists(k.vmlinuz()) {
 		return false
 	}
-	for _, m := range guestModules {
+	for _, m := range stagedModules() {
 		if !exists(k.module(m.name)) {
 			return false
 		}
@@ -258,7 +276,7 @@ func debID(file, pkg string) string {
 	return strings.ReplaceAll(s, "%3a", "_")
 }
 
-// stageKernel copies vmlinuz and the guest modules out of the unpacked
+// stageKernel copies vmlinuz and the staged modules out of the unpacked
 // package tree into dst.
 func stageKernel(tree, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -271,7 +289,7 @@ func stageKernel(tree, dst string) error {
 	if err := os.Rename(vmlinuz, filepath.Join(dst, "vmlinuz")); err != nil {
 		return err
 	}
-	for _, m := range guestModules {
+	for _, m := range stagedModules() {
 		src, err := findModule(tree, m.path)
 		if err != nil {
 			return err

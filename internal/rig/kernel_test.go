@@ -47,7 +47,7 @@ func TestCachedKernel(t *testing.T) {
 			t.Fatal(err)
 		}
 		files := []string{"vmlinuz"}
-		for _, m := range guestModules {
+		for _, m := range stagedModules() {
 			if name != "linux-image-b_2" || m.name != "tun" {
 				files = append(files, m.name+".ko")
 			}
