@@ -24,7 +24,8 @@
 // All formats share the low-memory layout of package machine. The loaders
 // never write the GDT at [machine.GDTAddr] (0x500), the page tables at
 // [machine.PML4Addr] (0x9000–0xEFFF) nor the range from [machine.EBDAStart]
-// (0x9FC00, the MP table) to 1 MiB, which the VMM fills.
+// (0x9FC00) to 1 MiB, where the VMM writes the MP and ACPI tables (in the
+// BIOS area from [machine.BIOSStart], 0xF0000).
 //
 //	0x1000  machine.BootInfoAddr  boot structure: unikernel boot info, Linux
 //	                              zero page, hvm_start_info, Multiboot info
@@ -34,9 +35,11 @@
 //	0x80000 machine.StackTop      initial stack of a unikernel (grows down)
 //	0x100000 machine.KernelMin    lowest address a kernel is loaded at
 //
-// The memory map is [machine.E820] of guest RAM: low RAM to 0x9FC00,
-// reserved to 1 MiB, RAM from 1 MiB to the end of RAM or to the MMIO gap at
-// 3 GiB, and RAM from 4 GiB for the rest.
+// The memory map is [machine.E820] of guest RAM, shaped as a PC's: RAM
+// [0, 0x9FC00), the EBDA reserved [0x9FC00, 0xA0000), no entry for the VGA
+// window and option ROMs [0xA0000, 0xF0000), the BIOS area reserved
+// [0xF0000, 0x100000), RAM from 1 MiB to the end of RAM or to the MMIO gap
+// at 3 GiB, and RAM from 4 GiB for the rest.
 //
 // The initrd (Linux) or module (Multiboot) is placed page-aligned as high
 // as possible in the RAM below the MMIO gap, above the end of the kernel,

@@ -324,7 +324,10 @@ func (p *plan) addMemMap(mem *machine.GuestMemory) (int, error) {
 
 // Low-memory ranges the VMM fills after loading, which no loader write may
 // touch: room for its GDT, its boot page tables (machine.SetupLongMode)
-// and, from the EBDA to 1 MiB, the MP table (machine.WriteMPTable).
+// and everything from the EBDA to 1 MiB: the EBDA and BIOS area the memory
+// map reserves, where the MP and ACPI tables go (machine.WriteMPTable,
+// machine.WriteACPITables), and the VGA window between them, which it
+// leaves out.
 const (
 	gdtReserve        = 0x100  // bytes kept for the GDT at machine.GDTAddr
 	pageTablesReserve = 0x6000 // PML4, PDPT and 4 page directories at machine.PML4Addr
@@ -341,7 +344,7 @@ func (p *plan) check(mem *machine.GuestMemory) error {
 	spans := []span{
 		{machine.GDTAddr, machine.GDTAddr + gdtReserve, "the GDT"},
 		{machine.PML4Addr, machine.PML4Addr + pageTablesReserve, "the page tables"},
-		{machine.EBDAStart, machine.KernelMin, "the MP table and legacy area"},
+		{machine.EBDAStart, machine.KernelMin, "the legacy area (MP and ACPI tables)"},
 	}
 	for _, w := range p.writes {
 		n, ok := add(uint64(len(w.data)), w.zero)

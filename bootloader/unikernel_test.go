@@ -88,8 +88,8 @@ func TestLoadUnikernel(t *testing.T) {
 		}
 	}
 
-	if len(e820) != 3 {
-		t.Fatalf("machine.E820 gave %d entries, want 3 for 16 MiB", len(e820))
+	if len(e820) != 4 {
+		t.Fatalf("machine.E820 gave %d entries, want 4 for 16 MiB", len(e820))
 	}
 	mm := readMem(t, mem, machine.MemMapAddr, uint64(len(e820))*MemMapEntrySize+8)
 	for i, e := range e820 {
