@@ -59,7 +59,10 @@ type ELFImage struct {
 //     (in physical addresses), each with 0 < MemSize, FileSize <= MemSize,
 //     Offset+FileSize <= len(data), and neither Addr+MemSize nor
 //     VAddr+MemSize overflowing;
-//   - Entry inside [VAddr, VAddr+FileSize) of a segment with PFX set.
+//   - Entry inside [Addr, Addr+FileSize) of a segment with PFX set: the
+//     entry point is a physical address, as in a Linux vmlinux (linked
+//     at 0xffffffff81000000, loaded and entered at 16 MiB); for a segment
+//     with VAddr == Addr the virtual range is the same.
 //
 // PT_LOAD segments with p_memsz 0 are ignored. Checks that depend on the
 // guest (RAM size, machine.KernelMin) are left to the loaders. Errors wrap
@@ -86,16 +89,16 @@ func ParseELF(data []byte) (*ELFImage, error) {
 	}
 	img := &ELFImage{Entry: h.entry, Segments: segs}
 	if img.entrySegment() < 0 {
-		return nil, fmt.Errorf("%w: entry point %#x is not inside the file data of an executable segment", ErrBadLayout, h.entry)
+		return nil, fmt.Errorf("%w: entry point %#x is not inside the file data of an executable segment's physical addresses", ErrBadLayout, h.entry)
 	}
 	return img, nil
 }
 
 // entrySegment is the index of the executable segment whose file data
-// holds the entry point, or -1.
+// holds the entry point, a physical address, or -1.
 func (img *ELFImage) entrySegment() int {
 	for i, s := range img.Segments {
-		if s.Flags&PFX != 0 && img.Entry >= s.VAddr && img.Entry-s.VAddr < s.FileSize {
+		if s.Flags&PFX != 0 && img.Entry >= s.Addr && img.Entry-s.Addr < s.FileSize {
 			return i
 		}
 	}
