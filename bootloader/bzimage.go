@@ -266,11 +266,6 @@ func prepareBzImage(mem *machine.GuestMemory, b *BzImage, cfg Config, readInitrd
 			kernelEnd, sizeString(uint64(len(b.Payload))), load, sizeString(uint64(b.InitSize)), start, low))
 	}
 
-	e820 := machine.E820(mem)
-	if len(e820) > bpE820Max {
-		return nil, kernelErr(cfg, fmt.Errorf("%w: %d memory map entries, the zero page holds %d", ErrBadLayout, len(e820), bpE820Max))
-	}
-
 	version := "boot protocol " + b.VersionString()
 	if v, _, _ := strings.Cut(b.KernelVersion, " "); v != "" {
 		version = v + ", " + version
@@ -287,14 +282,32 @@ func prepareBzImage(mem *machine.GuestMemory, b *BzImage, cfg Config, readInitrd
 	p.addCmdline(cfg.Cmdline)
 
 	zp := make([]byte, ZeroPageSize)
-	le := binary.LittleEndian
 	copy(zp[bzSetupHdrStart:], b.Header)
-	zp[bzTypeOfLoader] = bzLoaderType
 	zp[bzLoadflags] |= CanUseHeap
-	le.PutUint16(zp[bzHeapEndPtr:], bzHeapEnd)
+	binary.LittleEndian.PutUint16(zp[bzHeapEndPtr:], bzHeapEnd)
+	if err := putLoaderFields(zp, mem, p.info); err != nil {
+		return nil, kernelErr(cfg, err)
+	}
+	p.add(machine.BootInfoAddr, zp, 0)
+	return p, nil
+}
+
+// putLoaderFields writes the zero-page fields a boot loader fills, the
+// same for a bzImage and a plain ELF64 kernel: type_of_loader 0xFF,
+// cmd_line_ptr machine.CmdlineAddr (never 0: an empty command line is an
+// empty string there), ramdisk_image and ramdisk_size (high halves in
+// ext_ramdisk_image and ext_ramdisk_size) from info, and the e820 table of
+// machine.E820(mem).
+func putLoaderFields(zp []byte, mem *machine.GuestMemory, info Info) error {
+	e820 := machine.E820(mem)
+	if len(e820) > bpE820Max {
+		return fmt.Errorf("%w: %d memory map entries, the zero page holds %d", ErrBadLayout, len(e820), bpE820Max)
+	}
+	le := binary.LittleEndian
+	zp[bzTypeOfLoader] = bzLoaderType
 	le.PutUint32(zp[bzCmdLinePtr:], machine.CmdlineAddr)
 	le.PutUint32(zp[bpExtCmdLinePtr:], 0)
-	ia, is := p.info.InitrdAddr, p.info.InitrdSize
+	ia, is := info.InitrdAddr, info.InitrdSize
 	le.PutUint32(zp[bzRamdiskImage:], uint32(ia))
 	le.PutUint32(zp[bzRamdiskSize:], uint32(is))
 	le.PutUint32(zp[bpExtRamdiskImage:], uint32(ia>>32))
@@ -306,6 +319,5 @@ func prepareBzImage(mem *machine.GuestMemory, b *BzImage, cfg Config, readInitrd
 		le.PutUint64(r[8:], e.Size)
 		le.PutUint32(r[16:], e.Type)
 	}
-	p.add(machine.BootInfoAddr, zp, 0)
-	return p, nil
+	return nil
 }

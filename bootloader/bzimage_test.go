@@ -225,7 +225,7 @@ func TestLoadBzImage(t *testing.T) {
 		t.Error("setup header not copied from the file")
 	}
 	e820 := machine.E820(mem)
-	if int(zp[bpE820Entries]) != len(e820) || len(e820) != 3 {
+	if int(zp[bpE820Entries]) != len(e820) || len(e820) != 4 {
 		t.Fatalf("e820_entries %d, machine.E820 has %d", zp[bpE820Entries], len(e820))
 	}
 	for i, e := range e820 {

@@ -11,8 +11,14 @@
 //     booted through PVH;
 //  3. a Multiboot (version 1) kernel: a Multiboot header in the first
 //     8192 bytes;
-//  4. any other ELF file, loaded as a capsule unikernel ([LoadUnikernel]
-//     loads only these).
+//  4. any other ELF64 file, entered in 64-bit long mode the way
+//     Firecracker enters an ELF vmlinux, with a Linux zero page and a
+//     capsule boot-info block ([FormatUnikernel], "ELF64 (64-bit boot
+//     protocol)"): a capsule unikernel, a unikernel built for
+//     Firecracker, or a Linux vmlinux without its PVH note.
+//     [LoadUnikernel] loads only these, without an initrd.
+//
+// A kernel file of 0 bytes is refused as empty.
 //
 // Every loader validates the whole layout (kernel, initrd, command line,
 // boot structures) before it writes anything, checks every offset and size
@@ -24,60 +30,87 @@
 // All formats share the low-memory layout of package machine. The loaders
 // never write the GDT at [machine.GDTAddr] (0x500), the page tables at
 // [machine.PML4Addr] (0x9000–0xEFFF) nor the range from [machine.EBDAStart]
-// (0x9FC00, the MP table) to 1 MiB, which the VMM fills.
+// (0x9FC00) to 1 MiB, where the VMM writes the MP and ACPI tables (in the
+// BIOS area from [machine.BIOSStart], 0xF0000).
 //
-//	0x1000  machine.BootInfoAddr  boot structure: unikernel boot info, Linux
-//	                              zero page, hvm_start_info, Multiboot info
-//	0x3000  machine.MemMapAddr    memory map (unikernel, PVH, Multiboot)
-//	0x8000  LinuxStackTop         initial stack of a bzImage (grows down)
-//	0x20000 machine.CmdlineAddr   command line, NUL-terminated
-//	0x80000 machine.StackTop      initial stack of a unikernel (grows down)
-//	0x100000 machine.KernelMin    lowest address a kernel is loaded at
+//	0x1000  machine.BootInfoAddr     boot structure: Linux zero page (bzImage,
+//	                                 ELF64), hvm_start_info, Multiboot info
+//	0x2000  machine.CapsuleInfoAddr  capsule boot info (ELF64)
+//	0x3000  machine.MemMapAddr       memory map (ELF64, PVH, Multiboot)
+//	0x8000  LinuxStackTop            initial stack of a bzImage (grows down)
+//	0x20000 machine.CmdlineAddr      command line, NUL-terminated
+//	0x80000 machine.StackTop         initial stack of an ELF64 kernel (grows down)
+//	0x100000 machine.KernelMin       lowest address a kernel is loaded at
 //
-// The memory map is [machine.E820] of guest RAM: low RAM to 0x9FC00,
-// reserved to 1 MiB, RAM from 1 MiB to the end of RAM or to the MMIO gap at
-// 3 GiB, and RAM from 4 GiB for the rest.
+// The memory map is [machine.E820] of guest RAM, shaped as a PC's: RAM
+// [0, 0x9FC00), the EBDA reserved [0x9FC00, 0xA0000), no entry for the VGA
+// window and option ROMs [0xA0000, 0xF0000), the BIOS area reserved
+// [0xF0000, 0x100000), RAM from 1 MiB to the end of RAM or to the MMIO gap
+// at 3 GiB, and RAM from 4 GiB for the rest. Every form of it a loader
+// hands over (zero-page e820 table, PVH memmap, Multiboot mmap, capsule
+// memory map) has these entries.
 //
 // The initrd (Linux) or module (Multiboot) is placed page-aligned as high
 // as possible in the RAM below the MMIO gap, above the end of the kernel,
-// and for a bzImage at or below its initrd_addr_max. A capsule unikernel
-// takes no initrd.
+// and for a bzImage at or below its initrd_addr_max. Only for a bzImage or
+// a PVH vmlinux, which are surely Linux, must it be a (compressed) cpio
+// archive.
 //
-// # Capsule unikernels
+// # ELF64 kernels entered in 64-bit mode (capsule unikernels)
 //
-// A unikernel is a freestanding, statically linked ELF64 x86-64 executable
-// (ET_EXEC, little-endian, no PT_INTERP). Each PT_LOAD segment is copied
-// to its physical address p_paddr, which must equal its virtual address
-// p_vaddr (the guest runs identity-mapped), lie at or above
-// [machine.KernelMin] and end inside guest RAM below
-// [machine.IdentityMapped]; the bytes from p_filesz to p_memsz (bss) are
-// zeroed. Segments may not overlap, and the entry point e_entry must lie in
-// the file-backed part of an executable (PF_X) segment. The ELF is read
-// with this package's own parser ([ParseELF]).
+// An ELF64 kernel is a freestanding, statically linked ELF64 x86-64
+// executable (ET_EXEC, little-endian, no PT_INTERP) with neither a PVH
+// note nor a Multiboot header. Each PT_LOAD segment is copied to its
+// physical address p_paddr, which must lie at or above
+// [machine.KernelMin] and end inside the RAM below the MMIO gap (so below
+// [machine.IdentityMapped]); the bytes from p_filesz to p_memsz (bss) are
+// zeroed. Segments may not overlap. The entry point e_entry is a physical
+// address: it must lie in the file-backed part of an executable (PF_X)
+// segment's physical range [p_paddr, p_paddr+p_filesz), which for a
+// segment with p_vaddr == p_paddr is its virtual range too. A Linux
+// vmlinux (p_vaddr 0xffffffff81000000, p_paddr and e_entry 0x1000000)
+// qualifies; the guest runs identity-mapped, so code linked elsewhere must
+// run position-independent until it sets up its own page tables, as
+// Linux's startup_64 does. The ELF is read with this package's one ELF
+// reader ([ParseELF]). An initrd is accepted and placed as for Linux.
 //
 // Before entry the loader writes, in low memory:
 //
 //   - the command line, NUL-terminated, at [machine.CmdlineAddr] (at most
-//     [machine.CmdlineMax]-1 bytes, no NUL inside);
+//     [machine.CmdlineMax]-1 bytes, no NUL inside; an empty one is a lone
+//     NUL);
 //   - the memory map at [machine.MemMapAddr] as 24-byte little-endian
 //     records: u64 address, u64 size, u32 type (1 RAM, 2 reserved), u32
 //     zero;
-//   - the boot-info block at [machine.BootInfoAddr] (below), which points
-//     at both.
+//   - the zero page (struct boot_params, 4 KiB, Documentation/arch/x86/
+//     zero-page.rst) at [machine.BootInfoAddr], zeroed and then filled as
+//     Firecracker fills it for an ELF vmlinux: boot_flag 0xAA55 at 0x1FE,
+//     header "HdrS" at 0x202, type_of_loader 0xFF, cmd_line_ptr
+//     [machine.CmdlineAddr] (never 0, even for an empty command line),
+//     cmdline_size the bytes there with the NUL, ramdisk_image and
+//     ramdisk_size (the initrd, 0 without one; high halves in
+//     ext_ramdisk_image and ext_ramdisk_size), e820_entries at 0x1E8 and
+//     the e820 table (20-byte entries) at 0x2D0; the boot protocol
+//     version is left 0;
+//   - the capsule boot-info block at [machine.CapsuleInfoAddr] (below),
+//     which points at the command line and memory map.
 //
-// The boot-info block is seven little-endian u64s:
+// The boot-info block is nine little-endian u64s:
 //
 //	0x00 magic 0x31454c5553504143 (the bytes "CAPSULE1")
 //	0x08 command-line address    0x10 command-line length (no NUL)
 //	0x18 memory-map address      0x20 memory-map entry count
 //	0x28 vCPU count              0x30 RAM size in bytes
+//	0x38 initrd address          0x40 initrd size (both 0 without one)
 //
 // The boot vCPU starts in 64-bit long mode ([Mode64]) with:
 //
 //   - RIP = e_entry, RSP = [machine.StackTop] (the stack grows down into
-//     free low memory), RDI = [machine.BootInfoAddr] (boot info), RSI =
-//     [machine.CmdlineAddr] (command line); all other general-purpose
-//     registers zero, RFLAGS = 0x2 (interrupts off, DF clear);
+//     free low memory), RSI = [machine.BootInfoAddr] (the zero page, as
+//     Linux's 64-bit boot protocol and Firecracker give it), RDI =
+//     [machine.CapsuleInfoAddr] (the capsule boot info); all other
+//     general-purpose registers zero, RFLAGS = 0x2 (interrupts off, DF
+//     clear);
 //   - paging on, the first [machine.IdentityMapped] bytes (4 GiB, MMIO gap
 //     included) identity-mapped with 2 MiB pages ([machine.SetupLongMode]);
 //   - flat segments: CS = 0x08 (64-bit code), DS, ES, FS, GS, SS = 0x10;

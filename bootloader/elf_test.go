@@ -255,7 +255,7 @@ func checkImage(t *testing.T, data []byte, img *ELFImage) {
 	if i < 0 {
 		t.Fatalf("entry %#x is in no executable segment", img.Entry)
 	}
-	if s := img.Segments[i]; s.Flags&PFX == 0 || img.Entry < s.VAddr || img.Entry >= s.VAddr+s.FileSize {
+	if s := img.Segments[i]; s.Flags&PFX == 0 || img.Entry < s.Addr || img.Entry >= s.Addr+s.FileSize {
 		t.Errorf("entry %#x outside executable segment %+v", img.Entry, s)
 	}
 }

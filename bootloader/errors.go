@@ -47,13 +47,16 @@ var (
 	// ErrBadCmdline: the command line contains a NUL byte.
 	ErrBadCmdline = errors.New("bad command line")
 	// ErrBadInitrd: the initrd cannot be used: an empty file, a directory
-	// or other non-regular file, or an initrd given with a kernel format
-	// that takes none (a capsule unikernel).
+	// or other non-regular file, or for a Linux bzImage or PVH vmlinux
+	// not a (compressed) cpio archive.
 	ErrBadInitrd = errors.New("not a usable initrd")
 	// ErrBadHeader: a Multiboot header with a bad checksum, or a bzImage
 	// setup header that is malformed (bad boot flag, header length).
 	ErrBadHeader = errors.New("bad kernel header")
 )
+
+// errEmpty is the error for a kernel file of 0 bytes: it is no kernel.
+var errEmpty = errorf(ErrNotKernel, "empty file (0 bytes), not a kernel")
 
 // notKernelError is the type of ErrNotKernel: it also matches ErrNotELF.
 type notKernelError struct{}

@@ -22,17 +22,21 @@ type Config struct {
 type Format uint8
 
 const (
-	_               Format = iota
-	FormatUnikernel        // a capsule unikernel: ELF64 entered in long mode
-	FormatBzImage          // a Linux bzImage, booted through the 64-bit boot protocol
-	FormatPVH              // an ELF vmlinux with a Xen PVH entry note
-	FormatMultiboot        // a Multiboot (version 1) kernel
+	_ Format = iota
+	// FormatUnikernel is an ELF64 file with neither a PVH note nor a
+	// Multiboot header (a capsule unikernel, a Firecracker-style Linux
+	// vmlinux), entered in 64-bit long mode with a zero page and a
+	// capsule boot-info block.
+	FormatUnikernel
+	FormatBzImage   // a Linux bzImage, booted through the 64-bit boot protocol
+	FormatPVH       // an ELF vmlinux with a Xen PVH entry note
+	FormatMultiboot // a Multiboot (version 1) kernel
 )
 
 func (f Format) String() string {
 	switch f {
 	case FormatUnikernel:
-		return "capsule unikernel"
+		return "ELF64 (64-bit boot protocol)"
 	case FormatBzImage:
 		return "Linux bzImage"
 	case FormatPVH:
@@ -67,7 +71,8 @@ const pageSize = 4096
 // must start in and a description of what it loaded. The formats are
 // tried in this order: a Linux bzImage ("HdrS" at 0x202 and the boot
 // flag 0xAA55 at 0x1FE), an ELF file with a PVH entry note, a Multiboot
-// header in the first 8192 bytes, a capsule unikernel (any other ELF).
+// header in the first 8192 bytes, an ELF64 kernel entered in 64-bit mode
+// (any other ELF64 file).
 // The package documentation describes each format's memory layout and
 // entry state.
 //
@@ -109,6 +114,9 @@ func prepare(mem *machine.GuestMemory, cfg Config, maps *mappings) (*plan, error
 // prepareImage recognises the kernel image in data and lays it out;
 // readInitrd reads cfg.Initrd once the kernel is known to take one.
 func prepareImage(mem *machine.GuestMemory, data []byte, cfg Config, readInitrd func() (*initrdFile, error)) (*plan, error) {
+	if len(data) == 0 {
+		return nil, kernelErr(cfg, errEmpty)
+	}
 	if isBzImage(data) {
 		bz, err := ParseBzImage(data)
 		if err != nil {
@@ -141,7 +149,7 @@ func prepareImage(mem *machine.GuestMemory, data []byte, cfg Config, readInitrd 
 	if !elf {
 		return nil, kernelErr(cfg, notKernel(data))
 	}
-	return prepareUnikernel(mem, data, cfg)
+	return prepareUnikernel(mem, data, cfg, readInitrd)
 }
 
 // isBzImage reports whether data has the setup header magic "HdrS" at
@@ -160,31 +168,19 @@ func notKernel(data []byte) error {
 	return errorf(ErrNotKernel, "%v (%s, no ELF header, no Multiboot header)", ErrNotKernel, why)
 }
 
-// prepareUnikernel validates a capsule unikernel (see LoadUnikernel).
-func prepareUnikernel(mem *machine.GuestMemory, data []byte, cfg Config) (*plan, error) {
-	img, err := ParseELF(data)
-	if err == nil {
-		err = checkUnikernelLayout(mem, img)
-	}
+// prepareUnikernel validates an ELF64 kernel with neither a PVH note nor a
+// Multiboot header, entered in 64-bit mode (see prepareELF64).
+func prepareUnikernel(mem *machine.GuestMemory, data []byte, cfg Config, readInitrd func() (*initrdFile, error)) (*plan, error) {
+	img, err := parseELF64(mem, data)
 	if err != nil {
 		// An unsupported or misplaced ELF may be a kernel meant for
 		// another format: say how it was taken.
 		if errors.Is(err, ErrUnsupported) || errors.Is(err, ErrBadLayout) {
-			err = errorf(err, "%v (an ELF file without a PVH note or Multiboot header is loaded as a capsule unikernel)", err)
+			err = errorf(err, "%v (an ELF file without a PVH note or Multiboot header is entered as an ELF64 kernel in 64-bit mode)", err)
 		}
 		return nil, kernelErr(cfg, err)
 	}
-	if cfg.Initrd != "" {
-		return nil, errorf(ErrBadInitrd, "initrd %s: capsule unikernels take no initrd", cfg.Initrd)
-	}
-	if err := checkCmdline(cfg.Cmdline); err != nil {
-		return nil, kernelErr(cfg, err)
-	}
-	p, err := unikernelPlan(mem, img, cfg.Cmdline, cfg.CPUs)
-	if err != nil {
-		return nil, kernelErr(cfg, err)
-	}
-	return p, nil
+	return prepareELF64(mem, img, cfg, readInitrd)
 }
 
 func kernelErr(cfg Config, err error) error { return fmt.Errorf("kernel %s: %w", cfg.Kernel, err) }
@@ -229,7 +225,9 @@ func (p *plan) placeInitrd(mem *machine.GuestMemory, cfg Config, readInitrd func
 	if err != nil || initrd == nil {
 		return err
 	}
-	if p.info.Format != FormatMultiboot {
+	// Only a bzImage or a PVH vmlinux is surely Linux; a Multiboot module
+	// or the initrd of an ELF64 kernel may hold anything.
+	if p.info.Format == FormatBzImage || p.info.Format == FormatPVH {
 		if err := checkLinuxInitrd(initrd.data); err != nil {
 			return fmt.Errorf("initrd %s: %w", cfg.Initrd, err)
 		}
@@ -304,7 +302,7 @@ func (p *plan) addCmdline(cmdline string) {
 }
 
 // addMemMap writes machine.E820(mem) at machine.MemMapAddr as 24-byte
-// records (u64 address, u64 size, u32 type, u32 zero): the unikernel
+// records (u64 address, u64 size, u32 type, u32 zero): the capsule
 // memory map and PVH's hvm_memmap_table_entry. It returns the count.
 func (p *plan) addMemMap(mem *machine.GuestMemory) (int, error) {
 	e820 := machine.E820(mem)
@@ -324,7 +322,10 @@ func (p *plan) addMemMap(mem *machine.GuestMemory) (int, error) {
 
 // Low-memory ranges the VMM fills after loading, which no loader write may
 // touch: room for its GDT, its boot page tables (machine.SetupLongMode)
-// and, from the EBDA to 1 MiB, the MP table (machine.WriteMPTable).
+// and everything from the EBDA to 1 MiB: the EBDA and BIOS area the memory
+// map reserves, where the MP and ACPI tables go (machine.WriteMPTable,
+// machine.WriteACPITables), and the VGA window between them, which it
+// leaves out.
 const (
 	gdtReserve        = 0x100  // bytes kept for the GDT at machine.GDTAddr
 	pageTablesReserve = 0x6000 // PML4, PDPT and 4 page directories at machine.PML4Addr
@@ -341,7 +342,7 @@ func (p *plan) check(mem *machine.GuestMemory) error {
 	spans := []span{
 		{machine.GDTAddr, machine.GDTAddr + gdtReserve, "the GDT"},
 		{machine.PML4Addr, machine.PML4Addr + pageTablesReserve, "the page tables"},
-		{machine.EBDAStart, machine.KernelMin, "the MP table and legacy area"},
+		{machine.EBDAStart, machine.KernelMin, "the legacy area (MP and ACPI tables)"},
 	}
 	for _, w := range p.writes {
 		n, ok := add(uint64(len(w.data)), w.zero)

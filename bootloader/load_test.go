@@ -19,7 +19,7 @@ func TestLoadUnikernelFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Entry{Mode: Mode64, RIP: 0x100000, RSP: machine.StackTop, RDI: machine.BootInfoAddr, RSI: machine.CmdlineAddr}
+	want := Entry{Mode: Mode64, RIP: 0x100000, RSP: machine.StackTop, RDI: machine.CapsuleInfoAddr, RSI: machine.BootInfoAddr}
 	if entry != want {
 		t.Errorf("entry %+v, want %+v", entry, want)
 	}
@@ -177,12 +177,17 @@ func TestLoadErrors(t *testing.T) {
 		{name: "Multiboot module does not fit", kernel: mbKludge, initrd: make([]byte, 15*machine.MiB), want: ErrBadLayout,
 			msg: "I: 15 MiB does not fit in guest RAM below 0xffffff next to the kernel; give more --memory"},
 
-		// Unikernel.
-		{name: "unikernel with initrd", kernel: validELF().build(), initrd: []byte("x"), want: ErrBadInitrd,
-			msg: "I: capsule unikernels take no initrd"},
+		// ELF64 entered in 64-bit mode.
+		{name: "empty kernel file", kernel: []byte{}, want: ErrNotKernel, msg: "K: empty file (0 bytes), not a kernel"},
+		{name: "ELF64 initrd does not fit", kernel: validELF().build(), initrd: make([]byte, 14*machine.MiB), want: ErrBadLayout,
+			msg: "I: 14 MiB does not fit in guest RAM below 0xffffff next to the kernel; give more --memory"},
+		{name: "ELF64 segment in the VGA window", kernel: testELF{Entry: 0xa0000, Segs: []testSeg{{Flags: PFR | PFX, Addr: 0xa0000, Data: testCode}}}.build(),
+			want: ErrBadLayout},
+		{name: "ELF64 segment past the RAM below the MMIO gap", kernel: testELF{Entry: 0x1000000, Segs: []testSeg{{Flags: PFR | PFX, Addr: 0x1000000, Data: testCode}}}.build(),
+			want: ErrBadLayout},
 		{name: "vmlinux without PVH note", kernel: noPVH, mem: 64 * machine.MiB, want: ErrBadLayout},
 		{name: "32-bit ELF without notes", kernel: testELF32{Entry: 0x100000, Segs: []testSeg{{Flags: PFX, Addr: 0x100000, Data: testCode}}}.build32(),
-			want: ErrUnsupported, msg: "K: unsupported ELF: 32-bit (ELFCLASS32), want 64-bit x86-64 (an ELF file without a PVH note or Multiboot header is loaded as a capsule unikernel)"},
+			want: ErrUnsupported, msg: "K: unsupported ELF: 32-bit (ELFCLASS32), want 64-bit x86-64 (an ELF file without a PVH note or Multiboot header is entered as an ELF64 kernel in 64-bit mode)"},
 		{name: "ELF cut", kernel: validELF().build()[:40], want: ErrTruncated},
 	}
 	for _, tt := range tests {
@@ -245,7 +250,7 @@ func TestLoadNilMemory(t *testing.T) {
 
 func TestFormatString(t *testing.T) {
 	for f, want := range map[Format]string{
-		FormatUnikernel: "capsule unikernel",
+		FormatUnikernel: "ELF64 (64-bit boot protocol)",
 		FormatBzImage:   "Linux bzImage",
 		FormatPVH:       "ELF vmlinux (PVH)",
 		FormatMultiboot: "Multiboot",
@@ -303,7 +308,8 @@ func FuzzLoadImage(f *testing.F) {
 	f.Add(testMultibootKludge())
 	f.Add(testMultibootELF32())
 	f.Add(validELF().build())
-	mem, err := machine.NewGuestMemory(16 * machine.MiB)
+	f.Add(testVmlinuxNoPVH().build())
+	mem, err := machine.NewGuestMemory(64 * machine.MiB)
 	if err != nil {
 		f.Fatal(err)
 	}

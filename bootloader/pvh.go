@@ -42,7 +42,7 @@ const (
 	pvhModEntrySize = 0x20
 
 	// struct hvm_memmap_table_entry: u64 addr, u64 size, u32 type, u32
-	// reserved; the same record as the unikernel memory map.
+	// reserved; the same record as the capsule memory map.
 	pvhMemmapEntrySize = MemMapEntrySize
 
 	// PVHModlistAddr is where the loader puts the module list (the

@@ -46,55 +46,61 @@ type Entry struct {
 	RIP, RSP, RAX, RBX, RSI, RDI uint64
 }
 
-// Boot-info block written at machine.BootInfoAddr for a unikernel.
+// The capsule boot-info block, written at machine.CapsuleInfoAddr for a
+// kernel entered from an ELF64 file (RDI at entry).
 const (
 	// BootMagic is the first u64 of the boot-info block: the bytes
 	// "CAPSULE1" read little-endian.
 	BootMagic = 0x31454c5553504143
-	// BootInfoSize is the size of the boot-info block in bytes.
-	BootInfoSize = 0x38
+	// BootInfoSize is the size of the boot-info block in bytes: nine
+	// u64s.
+	BootInfoSize = 0x48
 	// MemMapEntrySize is the size of one memory-map record.
 	MemMapEntrySize = 24
 )
 
-// LoadUnikernel loads the ELF64 unikernel at path into mem, writes the
-// command line, memory map and boot-info block for a guest with cpus
-// vCPUs, and returns the entry state. The package documentation describes
-// the image requirements and the state at entry. Nothing is written to mem
-// unless the image is valid and fits. Errors name the file and wrap one of
-// the package's sentinel errors.
+// LoadUnikernel loads the ELF64 kernel at path into mem, without an
+// initrd, as [Load] loads an ELF64 file with neither a PVH note nor a
+// Multiboot header, and returns the entry state. The package documentation
+// describes the image requirements and the state at entry. Nothing is
+// written to mem unless the image is valid and fits. Errors name the file
+// and wrap one of the package's sentinel errors.
 func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus int) (Entry, error) {
+	cfg := Config{Kernel: path, Cmdline: cmdline, CPUs: cpus}
 	if mem == nil {
-		return Entry{}, fmt.Errorf("kernel %s: no guest memory", path)
+		return Entry{}, kernelErr(cfg, errors.New("no guest memory"))
 	}
 	if cpus < 1 {
-		return Entry{}, fmt.Errorf("kernel %s: vCPU count %d is not positive", path, cpus)
+		return Entry{}, kernelErr(cfg, fmt.Errorf("vCPU count %d is not positive", cpus))
 	}
 	if err := checkCmdline(cmdline); err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
+		return Entry{}, kernelErr(cfg, err)
 	}
 	var maps mappings
 	defer maps.release()
 	data, err := readImage(path, mem.Size(), ErrNotELF, &maps)
+	if err == nil && len(data) == 0 {
+		err = errEmpty
+	}
 	if err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
+		return Entry{}, kernelErr(cfg, err)
 	}
-	img, err := ParseELF(data)
+	img, err := parseELF64(mem, data)
 	if err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
+		return Entry{}, kernelErr(cfg, err)
 	}
-	if err := checkUnikernelLayout(mem, img); err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
-	}
-	p, err := unikernelPlan(mem, img, cmdline, cpus)
+	p, err := prepareELF64(mem, img, cfg, func() (*initrdFile, error) { return nil, nil })
 	if err == nil {
 		err = p.check(mem)
-	}
-	if err == nil {
-		err = p.apply(mem)
+		if err == nil {
+			err = p.apply(mem)
+		}
+		if err != nil {
+			err = kernelErr(cfg, err)
+		}
 	}
 	if err != nil {
-		return Entry{}, fmt.Errorf("kernel %s: %w", path, err)
+		return Entry{}, err
 	}
 	return p.entry, nil
 }
@@ -185,55 +191,73 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// checkUnikernelLayout checks img against the guest: every segment linked
-// where it is loaded (the guest runs identity-mapped), at or above
-// machine.KernelMin, inside one RAM region and below machine.IdentityMapped.
-func checkUnikernelLayout(mem *machine.GuestMemory, img *ELFImage) error {
-	for _, s := range img.Segments {
-		if s.VAddr != s.Addr {
-			return fmt.Errorf("%w: segment at physical %#x is linked at virtual %#x; a unikernel runs identity-mapped, the two must be equal",
-				ErrBadLayout, s.Addr, s.VAddr)
-		}
-		if s.Addr < machine.KernelMin {
-			return fmt.Errorf("%w: segment [%#x, %#x) starts below %#x", ErrBadLayout, s.Addr, s.End(), machine.KernelMin)
-		}
-		if s.End() > machine.IdentityMapped || !mem.Contains(s.Addr, s.MemSize) {
-			return fmt.Errorf("%w: segment [%#x, %#x) is outside guest RAM (%d MiB)", ErrBadLayout, s.Addr, s.End(), mem.Size()/machine.MiB)
-		}
+// parseELF64 parses an ELF64 kernel and checks that its segments lie in
+// the low RAM the boot page tables identity-map, at or above
+// machine.KernelMin.
+func parseELF64(mem *machine.GuestMemory, data []byte) (*ELFImage, error) {
+	img, err := ParseELF(data)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	if err := checkPhysSegments(mem, img.Segments); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
 
-// unikernelPlan lays out a parsed and checked unikernel: its segments,
-// the command line, the memory map and the boot-info block.
-func unikernelPlan(mem *machine.GuestMemory, img *ELFImage, cmdline string, cpus int) (*plan, error) {
+// prepareELF64 lays out a parsed and checked ELF64 kernel for the 64-bit entry: its
+// segments at their physical addresses, the initrd, the command line, the
+// memory map, the zero page at machine.BootInfoAddr (RSI) and the capsule
+// boot-info block at machine.CapsuleInfoAddr (RDI).
+func prepareELF64(mem *machine.GuestMemory, img *ELFImage, cfg Config, readInitrd func() (*initrdFile, error)) (*plan, error) {
+	if err := checkCmdline(cfg.Cmdline); err != nil {
+		return nil, kernelErr(cfg, err)
+	}
 	p := &plan{
 		entry: Entry{
 			Mode: Mode64,
 			RIP:  img.Entry,
 			RSP:  machine.StackTop,
-			RDI:  machine.BootInfoAddr,
-			RSI:  machine.CmdlineAddr,
+			RSI:  machine.BootInfoAddr,
+			RDI:  machine.CapsuleInfoAddr,
 		},
 		info: Info{Format: FormatUnikernel, KernelAddr: img.Segments[0].Addr, KernelEnd: img.Segments[len(img.Segments)-1].End()},
 	}
 	for _, s := range img.Segments {
 		p.add(s.Addr, s.Data, s.MemSize-s.FileSize)
 	}
-	p.addCmdline(cmdline)
-	n, err := p.addMemMap(mem)
-	if err != nil {
+	if err := p.placeInitrd(mem, cfg, readInitrd, machine.MMIOGapStart); err != nil {
 		return nil, err
 	}
+	p.addCmdline(cfg.Cmdline)
+	n, err := p.addMemMap(mem)
+	if err != nil {
+		return nil, kernelErr(cfg, err)
+	}
+
+	// The zero page as Firecracker fills it for an ELF vmlinux: the boot
+	// flag and header magic a kernel checks, the loader fields, and
+	// cmdline_size the bytes at cmd_line_ptr, NUL included.
+	zp := make([]byte, ZeroPageSize)
+	le := binary.LittleEndian
+	le.PutUint16(zp[bzBootFlag:], bzBootFlagValue)
+	copy(zp[bzHeaderMagic:], bzMagic)
+	le.PutUint32(zp[bzCmdlineSize:], uint32(len(cfg.Cmdline)+1))
+	if err := putLoaderFields(zp, mem, p.info); err != nil {
+		return nil, kernelErr(cfg, err)
+	}
+	p.add(machine.BootInfoAddr, zp, 0)
+
 	bi := make([]byte, 0, BootInfoSize)
 	for _, v := range []uint64{
 		BootMagic,
-		machine.CmdlineAddr, uint64(len(cmdline)),
+		machine.CmdlineAddr, uint64(len(cfg.Cmdline)),
 		machine.MemMapAddr, uint64(n),
-		uint64(cpus), mem.Size(),
+		uint64(cfg.CPUs), mem.Size(),
+		p.info.InitrdAddr, p.info.InitrdSize,
 	} {
-		bi = binary.LittleEndian.AppendUint64(bi, v)
+		bi = le.AppendUint64(bi, v)
 	}
-	p.add(machine.BootInfoAddr, bi, 0)
+	p.add(machine.CapsuleInfoAddr, bi, 0)
 	return p, nil
 }

@@ -52,7 +52,7 @@ func TestLoadUnikernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Entry{Mode: Mode64, RIP: 0x100000, RSP: machine.StackTop, RDI: machine.BootInfoAddr, RSI: machine.CmdlineAddr}
+	want := Entry{Mode: Mode64, RIP: 0x100000, RSP: machine.StackTop, RDI: machine.CapsuleInfoAddr, RSI: machine.BootInfoAddr}
 	if entry != want {
 		t.Errorf("entry %+v, want %+v", entry, want)
 	}
@@ -76,20 +76,20 @@ func TestLoadUnikernel(t *testing.T) {
 	}
 
 	le := binary.LittleEndian
-	bi := readMem(t, mem, machine.BootInfoAddr, BootInfoSize)
+	bi := readMem(t, mem, machine.CapsuleInfoAddr, BootInfoSize)
 	if string(bi[:8]) != "CAPSULE1" {
 		t.Errorf("magic bytes %q, want CAPSULE1", bi[:8])
 	}
 	e820 := machine.E820(mem)
-	wantBI := []uint64{BootMagic, machine.CmdlineAddr, uint64(len(cmdline)), machine.MemMapAddr, uint64(len(e820)), 3, 16 * machine.MiB}
+	wantBI := []uint64{BootMagic, machine.CmdlineAddr, uint64(len(cmdline)), machine.MemMapAddr, uint64(len(e820)), 3, 16 * machine.MiB, 0, 0}
 	for i, w := range wantBI {
 		if got := le.Uint64(bi[8*i:]); got != w {
 			t.Errorf("boot info at %#x = %#x, want %#x", 8*i, got, w)
 		}
 	}
 
-	if len(e820) != 3 {
-		t.Fatalf("machine.E820 gave %d entries, want 3 for 16 MiB", len(e820))
+	if len(e820) != 4 {
+		t.Fatalf("machine.E820 gave %d entries, want 4 for 16 MiB", len(e820))
 	}
 	mm := readMem(t, mem, machine.MemMapAddr, uint64(len(e820))*MemMapEntrySize+8)
 	for i, e := range e820 {
@@ -114,10 +114,10 @@ func TestLoadUnikernelEmptyCmdline(t *testing.T) {
 	if b, _ := mem.Uint8(machine.CmdlineAddr); b != 0 {
 		t.Errorf("command line starts with %#x, want NUL", b)
 	}
-	if n, _ := mem.Uint64(machine.BootInfoAddr + 0x10); n != 0 {
+	if n, _ := mem.Uint64(machine.CapsuleInfoAddr + 0x10); n != 0 {
 		t.Errorf("command line length %d, want 0", n)
 	}
-	if n, _ := mem.Uint64(machine.BootInfoAddr + 0x28); n != 1 {
+	if n, _ := mem.Uint64(machine.CapsuleInfoAddr + 0x28); n != 1 {
 		t.Errorf("vCPU count %d, want 1", n)
 	}
 }
@@ -145,11 +145,12 @@ func TestLoadUnikernelErrors(t *testing.T) {
 		cmdline string
 		mem     uint64
 		want    error
+		msg     string // in the error when set
 	}{
 		{name: "missing", path: missing, want: ErrNotFound},
 		{name: "directory", path: dir, want: ErrNotELF},
 		{name: "text file", data: []byte("capsule-host\n"), want: ErrNotELF},
-		{name: "empty file", data: []byte{}, want: ErrNotELF},
+		{name: "empty file", data: []byte{}, want: ErrNotELF, msg: "empty file (0 bytes), not a kernel"},
 		{name: "32-bit", data: func() []byte { b := validELF().build(); b[offClass] = 1; return b }(), want: ErrUnsupported},
 		{name: "truncated", data: validELF().build()[:100], want: ErrTruncated},
 		{name: "larger than RAM", data: make([]byte, 2*machine.MiB+1), mem: 2 * machine.MiB, want: ErrBadLayout},
@@ -158,7 +159,7 @@ func TestLoadUnikernelErrors(t *testing.T) {
 		{name: "past RAM", data: seg(0x1000000, 0), want: ErrBadLayout},
 		{name: "end past RAM", data: seg(0xfff000, 0x1001), want: ErrBadLayout},
 		{name: "huge bss", data: seg(0x100000, 1<<40), want: ErrBadLayout},
-		{name: "vaddr differs", data: testELF{Entry: 0xffffffff80100000, Segs: []testSeg{
+		{name: "virtual entry of a segment linked elsewhere", data: testELF{Entry: 0xffffffff80100000, Segs: []testSeg{
 			{Flags: PFR | PFX, Addr: 0x100000, VAddr: 0xffffffff80100000, Data: testCode}}}.build(), want: ErrBadLayout},
 		{name: "cmdline too long", path: valid, cmdline: strings.Repeat("x", machine.CmdlineMax), want: ErrCmdlineTooLong},
 		{name: "cmdline with NUL", path: valid, cmdline: "a\x00b", want: ErrBadCmdline},
@@ -182,11 +183,14 @@ func TestLoadUnikernelErrors(t *testing.T) {
 				t.Errorf("entry %+v returned with an error", entry)
 			}
 			msg := err.Error()
+			if !strings.Contains(msg, tt.msg) {
+				t.Errorf("error %q does not say %q", msg, tt.msg)
+			}
 			if !strings.HasPrefix(msg, "kernel "+path+": ") || strings.Contains(msg, "\n") {
 				t.Errorf("error %q does not start with %q on one line", msg, "kernel "+path+": ")
 			}
 			// A rejected image leaves guest memory untouched.
-			if b, _ := mem.Uint64(machine.BootInfoAddr); b != 0 {
+			if b, _ := mem.Uint64(machine.CapsuleInfoAddr); b != 0 {
 				t.Errorf("boot info written although loading failed")
 			}
 			t.Log(msg)

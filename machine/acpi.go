@@ -14,14 +14,15 @@ import (
 // their interrupts unless every device were also described in AML. The
 // tables are an RSDP, an XSDT, a FADT with the PM1a event and control
 // blocks at PMBase (SCI on IRQ 9, never raised) and the i8042 reset as its
-// reset register, a FACS, a DSDT holding the \_S5 sleep package (so
-// that an ACPI power-off writes SLP_EN to PM1a control) and QEMU's pvpanic
-// device, and a MADT listing
-// every vCPU's local APIC and the I/O APIC. They sit in the reserved BIOS
-// area, where a kernel scans for the RSDP.
+// reset register, a FACS, a DSDT holding the \_S5 sleep package (so that
+// an ACPI power-off writes SLP_EN to PM1a control) and QEMU's pvpanic
+// device, and a MADT listing every vCPU's local APIC and the I/O APIC.
+// They sit in the first half of the BIOS area [BIOSStart, 1 MiB), which
+// the memory map reserves and where a kernel scans for the RSDP; the MP
+// table has the second half.
 const (
-	ACPIAddr = 0xe0000 // RSDP; the other tables follow it
-	acpiMax  = 0x10000
+	ACPIAddr = BIOSStart // RSDP; the other tables follow it
+	acpiMax  = 0x8000    // up to MPTableAddr
 
 	// PMBase is the PM1a event block (4 bytes); PM1a control follows
 	// (2 bytes), at 0x604 as on QEMU's machines.

@@ -13,10 +13,13 @@ const (
 	IOAPICAddr = 0xfec00000
 	// IOAPICPins is the number of inputs of KVM's in-kernel I/O APIC.
 	IOAPICPins = 24
-	// MPTableAddr is where the MP floating pointer goes: the last KiB of
-	// base memory, one of the places the MP specification says to scan.
-	MPTableAddr = EBDAStart
-	mpTableMax  = KernelMin - EBDAStart // room up to 1 MiB
+	// MPTableAddr is where the MP floating pointer and the configuration
+	// table go: the second half of the BIOS area [BIOSStart, 1 MiB), one
+	// of the places the MP specification says to scan and reserved in the
+	// memory map. (The last KiB of base memory, the EBDA, would hold the
+	// table for 37 vCPUs only.)
+	MPTableAddr = BIOSStart + 0x8000
+	mpTableMax  = KernelMin - MPTableAddr // room up to 1 MiB
 
 	apicVersion   = 0x14
 	ioapicVersion = 0x11

@@ -11,16 +11,23 @@ import (
 // must start at or above KernelMin.
 const (
 	GDTAddr      = 0x0500 // GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18), 32-bit code (0x28)
-	BootInfoAddr = 0x1000 // boot-protocol block (zero page or unikernel boot info)
-	MemMapAddr   = 0x3000 // memory map handed to a unikernel
-	PML4Addr     = 0x9000 // page tables: PML4, PDPT, then 4 page directories
-	pdptAddr     = PML4Addr + 0x1000
-	pdAddr       = PML4Addr + 0x2000
-	CmdlineAddr  = 0x20000 // kernel command line, NUL-terminated
-	CmdlineMax   = 0x10000 // room for the command line, NUL included
-	StackTop     = 0x80000 // initial stack pointer of a unikernel
-	EBDAStart    = 0x9fc00 // top of low RAM; [EBDAStart, 1 MiB) is reserved
-	KernelMin    = 0x100000
+	BootInfoAddr = 0x1000 // boot-protocol block: zero page, hvm_start_info or Multiboot info (4 KiB)
+	// CapsuleInfoAddr is the capsule boot-info block of a kernel entered
+	// in 64-bit mode from an ELF64 file (RDI at entry), next to the zero
+	// page at BootInfoAddr (RSI).
+	CapsuleInfoAddr = 0x2000
+	MemMapAddr      = 0x3000 // memory map (capsule boot info, PVH, Multiboot)
+	PML4Addr        = 0x9000 // page tables: PML4, PDPT, then 4 page directories
+	pdptAddr        = PML4Addr + 0x1000
+	pdAddr          = PML4Addr + 0x2000
+	CmdlineAddr     = 0x20000 // kernel command line, NUL-terminated
+	CmdlineMax      = 0x10000 // room for the command line, NUL included
+	StackTop        = 0x80000 // initial stack pointer of a unikernel
+	EBDAStart       = 0x9fc00 // top of low RAM: the extended BIOS data area, reserved up to VGAStart
+	VGAStart        = 0xa0000 // the legacy VGA window [VGAStart, VGAEnd): not in the memory map
+	VGAEnd          = 0xc0000
+	BIOSStart       = 0xf0000 // the system BIOS area, reserved up to KernelMin: MP and ACPI tables
+	KernelMin       = 0x100000
 	// IdentityMapped is how much of the address space the boot page
 	// tables identity-map (with 2 MiB pages), MMIO gap included.
 	IdentityMapped = 4 * GiB
@@ -44,17 +51,24 @@ type E820Entry struct {
 	Type uint32
 }
 
-// E820 returns the memory map of mem: low RAM up to the EBDA, the
-// reserved legacy area up to 1 MiB, and RAM from 1 MiB on (split by the
-// MMIO gap when RAM is that large).
+// E820 returns the memory map of mem, shaped as a PC's: RAM from 0 up to
+// the EBDA, the EBDA reserved [EBDAStart, VGAStart), nothing for the VGA
+// window and option ROMs [VGAStart, BIOSStart), the BIOS area reserved
+// [BIOSStart, 1 MiB) (the MP and ACPI tables are there), and RAM from
+// 1 MiB on, split by the MMIO gap when RAM is that large. A guest of 1 MiB
+// or less gets its low RAM only. Every boot protocol's memory map (the
+// zero page's e820 table, PVH, Multiboot, the capsule memory map) is this
+// one.
 func E820(mem *GuestMemory) []E820Entry {
 	var m []E820Entry
 	for _, r := range mem.Regions() {
 		if r.GPA == 0 {
 			m = append(m, E820Entry{0, min(r.Size, EBDAStart), E820RAM})
 			if r.Size > KernelMin {
-				m = append(m, E820Entry{EBDAStart, KernelMin - EBDAStart, E820Reserved})
-				m = append(m, E820Entry{KernelMin, r.Size - KernelMin, E820RAM})
+				m = append(m,
+					E820Entry{EBDAStart, VGAStart - EBDAStart, E820Reserved},
+					E820Entry{BIOSStart, KernelMin - BIOSStart, E820Reserved},
+					E820Entry{KernelMin, r.Size - KernelMin, E820RAM})
 			}
 			continue
 		}

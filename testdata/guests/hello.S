@@ -2,8 +2,9 @@
  * hello: the smallest capsule unikernel.
  *
  * Entered in 64-bit long mode, identity-mapped, interrupts off, with
- * RDI = boot-info block (see package bootloader), RSI = command line,
- * RSP = a small stack. It
+ * RDI = the capsule boot-info block (0x2000, see package bootloader),
+ * RSI = a Linux zero page (0x1000, unused here), RSP = a small stack.
+ * It takes its command line from the boot-info block and
  *   1. writes 123 to port 0xf5 (capsule's boot-time marker),
  *   2. prints "Hello from a capsule unikernel\n" and "cmdline: <cmdline>\n"
  *      on COM1 (port 0x3f8), or "bad boot info\n" and exits with status 2
