@@ -13,6 +13,7 @@ import (
 
 	"github.com/capsule-vm/capsule/kvm"
 	"github.com/capsule-vm/capsule/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Exit statuses of capsule run besides the guest's own.
@@ -30,7 +31,7 @@ var errTimeout = errors.New("--timeout reached")
 // signalError is the context cause when SIGINT or SIGTERM arrives.
 type signalError struct{ sig syscall.Signal }
 
-func (e signalError) Error() string { return "stopped by " + e.sig.String() }
+func (e signalError) Error() string { return "stopped by " + unix.SignalName(e.sig) }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", "run --kernel PATH [flags]", `Boots a kernel in a new micro-VM. The guest's serial console (COM1) is
@@ -195,7 +196,10 @@ func outcome(res vmm.Result, cause error, timeout time.Duration) (int, string) {
 	case errors.Is(cause, errConsoleStop):
 		return 0, cause.Error()
 	}
-	return statusError, fmt.Sprint(cause)
+	if cause == nil {
+		return statusError, "VM stopped"
+	}
+	return statusError, cause.Error()
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
