@@ -50,7 +50,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 Runs alternate between capsule and QEMU so that both see the same host load.
 The guest must print the marker line and then stop (the test initramfs does,
 with capsule.exit=0 on its command line).
-`, stderr)
+`, stdout, stderr)
 	var c benchConfig
 	fs.StringVar(&c.kernel, "kernel", "", "kernel to boot (required)")
 	fs.StringVar(&c.initrd, "initrd", "", "initial ramdisk")
@@ -69,25 +69,28 @@ with capsule.exit=0 on its command line).
 throughput and IOPS of capsule-io blkbench in the guest, on a fresh 80 MiB raw
 image) or "net" (TCP from the guest to the host over the user-mode network for
 5 s, capsule-io tcpsend); disk and net need the test initramfs`)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case c.kernel == "":
-		return errors.New("--kernel is required")
+		return usageErrorf("--kernel is required")
 	case c.runs < 1:
-		return fmt.Errorf("--runs %d: must be at least 1", c.runs)
+		return usageErrorf("--runs %d: must be at least 1", c.runs)
 	case c.against != "" && c.against != "qemu":
-		return fmt.Errorf("--against %q: only qemu is supported", c.against)
+		return usageErrorf("--against %q: only qemu is supported", c.against)
 	case c.workload != "boot" && c.workload != "disk" && c.workload != "net":
-		return fmt.Errorf("--workload %q: want boot, disk or net", c.workload)
+		return usageErrorf("--workload %q: want boot, disk or net", c.workload)
 	}
 	if c.qemuKernel == "" {
 		c.qemuKernel = c.kernel
 	}
-	for _, p := range []string{c.kernel, c.initrd, c.qemuKernel} {
-		if _, err := os.Stat(p); p != "" && err != nil {
-			return err
+	for _, f := range []struct{ flag, path string }{{"kernel", c.kernel}, {"initrd", c.initrd}, {"qemu-kernel", c.qemuKernel}} {
+		if _, err := os.Stat(f.path); f.path != "" && err != nil {
+			if pe, ok := errors.AsType[*os.PathError](err); ok {
+				err = pe.Err // the flag names the path
+			}
+			return fmt.Errorf("--%s %s: %w", f.flag, f.path, err)
 		}
 	}
 	self, err := os.Executable()

@@ -41,10 +41,11 @@ a Ctrl-A to the guest).
 
 capsule exits with the status the guest writes to I/O port 0xf4, with 0 when
 the guest reboots, 124 when --timeout expires, 125 when the guest
-triple-faults, 126 when a vCPU cannot go on, 128+N after signal N, and 1 when
-capsule itself fails. A summary with the boot time (the guest's write of 123
-to I/O port 0xf5) goes to stderr.
-`, stderr)
+triple-faults, 126 when a vCPU cannot go on, 128+N after signal N, 1 when
+capsule itself fails, and 2 when it is invoked wrongly (an unknown flag, a
+bad value, a stray argument, no --kernel). A summary with the boot time (the
+guest's write of 123 to I/O port 0xf5) goes to stderr.
+`, stdout, stderr)
 	var cfg vmm.Config
 	var timeout time.Duration
 	var quiet bool
