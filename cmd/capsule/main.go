@@ -165,7 +165,10 @@ func newFlags(name, synopsis, help string, stdout, stderr io.Writer) *pflag.Flag
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: capsule %s\n\n%s\nFlags:\n%s", synopsis, help, fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: capsule %s\n\n%s", synopsis, help)
+		if flags := fs.FlagUsages(); flags != "" {
+			fmt.Fprintf(stdout, "\nFlags:\n%s", flags)
+		}
 	}
 	return fs
 }

@@ -100,7 +100,7 @@ func TestHelpGoesToStdoutWithStatus0(t *testing.T) {
 	for _, c := range commands {
 		t.Run("help "+c.name+" prints what "+c.name+" --help prints", func(t *testing.T) {
 			status, want, stderr := runMain(c.name, "--help")
-			if status != 0 || stderr != "" || !strings.HasPrefix(want, "Usage: capsule "+c.name) {
+			if status != 0 || stderr != "" || !strings.HasPrefix(want, "Usage: capsule "+c.name) || strings.HasSuffix(want, "Flags:\n") {
 				t.Fatalf("%s --help: status %d, stdout %q, stderr %q", c.name, status, want, stderr)
 			}
 			for _, h := range []string{"-h", "--help"} {
