@@ -50,7 +50,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 Runs alternate between capsule and QEMU so that both see the same host load.
 The guest must print the marker line and then stop (the test initramfs does,
 with capsule.exit=0 on its command line).
-`, stderr)
+`, stdout, stderr)
 	var c benchConfig
 	fs.StringVar(&c.kernel, "kernel", "", "kernel to boot (required)")
 	fs.StringVar(&c.initrd, "initrd", "", "initial ramdisk")
@@ -69,25 +69,28 @@ with capsule.exit=0 on its command line).
 throughput and IOPS of capsule-io blkbench in the guest, on a fresh 80 MiB raw
 image) or "net" (TCP from the guest to the host over the user-mode network for
 5 s, capsule-io tcpsend); disk and net need the test initramfs`)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case c.kernel == "":
-		return errors.New("--kernel is required")
+		return usageErrorf("--kernel is required")
 	case c.runs < 1:
-		return fmt.Errorf("--runs %d: must be at least 1", c.runs)
+		return usageErrorf("--runs %d: must be at least 1", c.runs)
 	case c.against != "" && c.against != "qemu":
-		return fmt.Errorf("--against %q: only qemu is supported", c.against)
+		return usageErrorf("--against %q: only qemu is supported", c.against)
 	case c.workload != "boot" && c.workload != "disk" && c.workload != "net":
-		return fmt.Errorf("--workload %q: want boot, disk or net", c.workload)
+		return usageErrorf("--workload %q: want boot, disk or net", c.workload)
 	}
 	if c.qemuKernel == "" {
 		c.qemuKernel = c.kernel
 	}
-	for _, p := range []string{c.kernel, c.initrd, c.qemuKernel} {
-		if _, err := os.Stat(p); p != "" && err != nil {
-			return err
+	for _, f := range []struct{ flag, path string }{{"kernel", c.kernel}, {"initrd", c.initrd}, {"qemu-kernel", c.qemuKernel}} {
+		if _, err := os.Stat(f.path); f.path != "" && err != nil {
+			if pe, ok := errors.AsType[*os.PathError](err); ok {
+				err = pe.Err // the flag names the path
+			}
+			return fmt.Errorf("--%s %s: %w", f.flag, f.path, err)
 		}
 	}
 	self, err := os.Executable()
@@ -111,8 +114,11 @@ image) or "net" (TCP from the guest to the host over the user-mode network for
 		}
 		return benchIO(ctx, self, c, c.workload, stdout, stderr)
 	}
-	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, QEMUKernel: c.qemuKernel, CPUs: c.cpus, MemoryMiB: c.memory,
+	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, CPUs: c.cpus, MemoryMiB: c.memory,
 		Runs: c.runs, Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	if c.against == "qemu" {
+		rep.QEMUKernel, rep.QEMUMachine = c.qemuKernel, c.qemuMachine
+	}
 	rep.Capsule, rep.QEMU, err = alternate(c, stderr,
 		func(int) (sample, error) { return benchCapsule(ctx, self, c) },
 		func(int) (sample, error) { return benchQEMU(ctx, c) })
@@ -176,16 +182,41 @@ func hostDescription() string {
 	if os.Getenv("CAPSULE_RIG") == "1" {
 		kind += ", nested rig (TCG L1)"
 	}
-	return fmt.Sprintf("%s, %s, %d CPUs, %s", name, model, runtime.NumCPU(), kind)
+	var parts []string
+	for _, p := range []string{name, model, fmt.Sprintf("%d CPUs", runtime.NumCPU()), kind} {
+		if p != "" {
+			parts = append(parts, p)
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
-// sample is one boot's measurements; zero means not measured.
+// sample is one boot's measurements; zero means not measured (QEMU has no
+// boot marker, and capsule's overhead is not measured for QEMU), and JSON
+// leaves it out.
 type sample struct {
-	FirstRun time.Duration `json:"first_run_ns"`
-	Boot     time.Duration `json:"boot_marker_ns"`
-	Init     time.Duration `json:"init_marker_ns"`
-	Overhead uint64        `json:"overhead_bytes"`
-	RSS      uint64        `json:"rss_bytes"`
+	FirstRun time.Duration `json:"first_run_ns,omitempty"`
+	Boot     time.Duration `json:"boot_marker_ns,omitempty"`
+	Init     time.Duration `json:"init_marker_ns,omitempty"`
+	Overhead uint64        `json:"overhead_bytes,omitempty"`
+	RSS      uint64        `json:"rss_bytes,omitempty"`
+}
+
+// processNote describes how a benchmarked process ended, for an error:
+// its exit, the end of its stderr and the last console lines, each where
+// there is one.
+func processNote(waitErr error, stderr string, tail []string) string {
+	note := "exit status 0"
+	if waitErr != nil {
+		note = waitErr.Error()
+	}
+	if stderr = strings.TrimSpace(stderr); stderr != "" {
+		note += fmt.Sprintf("; stderr %q", stderr)
+	}
+	if len(tail) > 0 {
+		note += fmt.Sprintf("; last lines %q", tail)
+	}
+	return note
 }
 
 // watchConsole reads r until EOF and sends the time since start when a
@@ -244,10 +275,10 @@ func benchCapsule(ctx context.Context, self string, c benchConfig) (sample, erro
 	init := <-found
 	waitErr := cmd.Wait()
 	if init == 0 {
-		return sample{}, fmt.Errorf("no %q line on the console (%v; stderr %q; last lines %q)", c.marker, waitErr, stderr.String(), tail)
+		return sample{}, fmt.Errorf("no %q line on the console (%s)", c.marker, processNote(waitErr, stderr.String(), tail))
 	}
 	if statsErr != nil {
-		return sample{}, fmt.Errorf("no statistics from capsule run (%v): %v, stderr %q", waitErr, statsErr, stderr.String())
+		return sample{}, fmt.Errorf("no statistics from capsule run: %v (%s)", statsErr, processNote(waitErr, stderr.String(), nil))
 	}
 	return sample{
 		FirstRun: time.Duration(st.FirstRunNS), Boot: time.Duration(st.BootNS), Init: init,
@@ -315,7 +346,7 @@ func benchQEMU(ctx context.Context, c benchConfig) (sample, error) {
 	}
 	waitErr := cmd.Wait()
 	if init == 0 {
-		return sample{}, fmt.Errorf("no %q line on QEMU's console (%v; stderr %q; last lines %q)", c.marker, waitErr, lastBytes(stderr.Bytes(), 400), tail)
+		return sample{}, fmt.Errorf("no %q line on QEMU's console (%s)", c.marker, processNote(waitErr, lastBytes(stderr.Bytes(), 400), tail))
 	}
 	s := sample{Init: init, RSS: rss}
 	s.FirstRun, err = qemuTimeToFirstRun(ctx, c)
@@ -350,7 +381,10 @@ func qemuTimeToFirstRun(ctx context.Context, c benchConfig) (time.Duration, erro
 	cmd.Process.Kill()
 	go io.Copy(io.Discard, errPipe) // let Wait finish
 	cmd.Wait()
-	if first.IsZero() {
+	switch {
+	case first.IsZero() && len(lines) == 0:
+		return 0, errors.New("QEMU printed no KVM_RUN trace, nor anything else on stderr (is its trace backend \"log\"?)")
+	case first.IsZero():
 		return 0, fmt.Errorf("QEMU printed no KVM_RUN trace (is its trace backend \"log\"?): %q", lines)
 	}
 	return first.Sub(start), nil
@@ -378,7 +412,7 @@ func processRSS(pid int) uint64 {
 	return 0
 }
 
-// stat is min, median and p90 of one metric.
+// stat is min, median and p90 of a time.
 type stat struct {
 	N      int           `json:"n"`
 	Min    time.Duration `json:"min_ns"`
@@ -386,53 +420,74 @@ type stat struct {
 	P90    time.Duration `json:"p90_ns"`
 }
 
+// byteStat is min, median and p90 of a size.
+type byteStat struct {
+	N      int    `json:"n"`
+	Min    uint64 `json:"min_bytes"`
+	Median uint64 `json:"median_bytes"`
+	P90    uint64 `json:"p90_bytes"`
+}
+
 func summarize(vals []time.Duration) stat {
-	var v []time.Duration
+	n, lo, med, p90 := quantiles(vals)
+	return stat{N: n, Min: lo, Median: med, P90: p90}
+}
+
+func summarizeBytes(vals []uint64) byteStat {
+	n, lo, med, p90 := quantiles(vals)
+	return byteStat{N: n, Min: lo, Median: med, P90: p90}
+}
+
+// quantiles returns how many of vals are measured (not zero) and their
+// min, median and p90, by nearest rank.
+func quantiles[T time.Duration | uint64](vals []T) (n int, lo, med, p90 T) {
+	var v []T
 	for _, x := range vals {
 		if x > 0 {
 			v = append(v, x)
 		}
 	}
 	if len(v) == 0 {
-		return stat{}
+		return 0, 0, 0, 0
 	}
 	slices.Sort(v)
-	// Nearest-rank percentiles.
-	rank := func(p float64) time.Duration {
+	rank := func(p float64) T {
 		i := int(p*float64(len(v))+0.999999) - 1
 		return v[min(max(i, 0), len(v)-1)]
 	}
-	return stat{N: len(v), Min: v[0], Median: rank(0.5), P90: rank(0.9)}
+	return len(v), v[0], rank(0.5), rank(0.9)
 }
 
 type benchReport struct {
-	Kernel     string       `json:"kernel"`
-	QEMUKernel string       `json:"qemu_kernel"`
-	Initrd     string       `json:"initrd"`
-	CPUs       int          `json:"cpus"`
-	MemoryMiB  int          `json:"memory_mib"`
-	Runs       int          `json:"runs"`
-	Date       string       `json:"date"`
-	Host       string       `json:"host"`
-	Capsule    []sample     `json:"capsule"`
-	QEMU       []sample     `json:"qemu,omitempty"`
-	Summary    benchSummary `json:"summary"`
+	Kernel      string       `json:"kernel"`
+	QEMUKernel  string       `json:"qemu_kernel,omitempty"`  // with --against qemu
+	QEMUMachine string       `json:"qemu_machine,omitempty"` // with --against qemu
+	Initrd      string       `json:"initrd,omitempty"`
+	CPUs        int          `json:"cpus"`
+	MemoryMiB   int          `json:"memory_mib"`
+	Runs        int          `json:"runs"`
+	Date        string       `json:"date"`
+	Host        string       `json:"host"`
+	Capsule     []sample     `json:"capsule"`
+	QEMU        []sample     `json:"qemu,omitempty"`
+	Summary     benchSummary `json:"summary"`
 }
 
 type benchSummary struct {
-	CapsuleFirstRun stat    `json:"capsule_first_run"`
-	CapsuleBoot     stat    `json:"capsule_boot_marker"`
-	CapsuleInit     stat    `json:"capsule_init_marker"`
-	CapsuleOverhead stat    `json:"capsule_overhead_bytes"` // durations hold bytes here
-	QEMUFirstRun    stat    `json:"qemu_first_run"`
-	QEMUInit        stat    `json:"qemu_init_marker"`
-	QEMURSS         stat    `json:"qemu_rss_bytes"`
-	InitRatio       float64 `json:"init_ratio_capsule_over_qemu"`
-	FirstRunSpeedup float64 `json:"first_run_speedup_qemu_over_capsule"`
+	CapsuleFirstRun stat     `json:"capsule_first_run"`
+	CapsuleBoot     stat     `json:"capsule_boot_marker"`
+	CapsuleInit     stat     `json:"capsule_init_marker"`
+	CapsuleOverhead byteStat `json:"capsule_overhead"`
+	// QEMU's figures and the ratios are there when QEMU ran.
+	QEMUFirstRun    *stat     `json:"qemu_first_run,omitempty"`
+	QEMUInit        *stat     `json:"qemu_init_marker,omitempty"`
+	QEMURSS         *byteStat `json:"qemu_rss,omitempty"`
+	InitRatio       float64   `json:"init_ratio_capsule_over_qemu,omitempty"`
+	FirstRunSpeedup float64   `json:"first_run_speedup_qemu_over_capsule,omitempty"`
 }
 
-func pick(s []sample, f func(sample) time.Duration) []time.Duration {
-	out := make([]time.Duration, len(s))
+func pick[T any](s []sample, f func(sample) T) []T {
+	out := make([]T, len(s))
 	for i, x := range s {
 		out[i] = f(x)
 	}
@@ -444,15 +499,19 @@ func (r benchReport) withSummary() benchReport {
 	s.CapsuleFirstRun = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.FirstRun }))
 	s.CapsuleBoot = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.Boot }))
 	s.CapsuleInit = summarize(pick(r.Capsule, func(x sample) time.Duration { return x.Init }))
-	s.CapsuleOverhead = summarize(pick(r.Capsule, func(x sample) time.Duration { return time.Duration(x.Overhead) }))
-	s.QEMUFirstRun = summarize(pick(r.QEMU, func(x sample) time.Duration { return x.FirstRun }))
-	s.QEMUInit = summarize(pick(r.QEMU, func(x sample) time.Duration { return x.Init }))
-	s.QEMURSS = summarize(pick(r.QEMU, func(x sample) time.Duration { return time.Duration(x.RSS) }))
-	if s.QEMUInit.Median > 0 {
-		s.InitRatio = float64(s.CapsuleInit.Median) / float64(s.QEMUInit.Median)
+	s.CapsuleOverhead = summarizeBytes(pick(r.Capsule, func(x sample) uint64 { return x.Overhead }))
+	if len(r.QEMU) == 0 {
+		return r
 	}
-	if s.CapsuleFirstRun.Median > 0 && s.QEMUFirstRun.Median > 0 {
-		s.FirstRunSpeedup = float64(s.QEMUFirstRun.Median) / float64(s.CapsuleFirstRun.Median)
+	firstRun := summarize(pick(r.QEMU, func(x sample) time.Duration { return x.FirstRun }))
+	init := summarize(pick(r.QEMU, func(x sample) time.Duration { return x.Init }))
+	rss := summarizeBytes(pick(r.QEMU, func(x sample) uint64 { return x.RSS }))
+	s.QEMUFirstRun, s.QEMUInit, s.QEMURSS = &firstRun, &init, &rss
+	if init.Median > 0 && s.CapsuleInit.Median > 0 {
+		s.InitRatio = float64(s.CapsuleInit.Median) / float64(init.Median)
+	}
+	if s.CapsuleFirstRun.Median > 0 && firstRun.Median > 0 {
+		s.FirstRunSpeedup = float64(firstRun.Median) / float64(s.CapsuleFirstRun.Median)
 	}
 	return r
 }
@@ -465,34 +524,55 @@ func fmtDur(s stat) string {
 	return f(s.Min) + " / " + f(s.Median) + " / " + f(s.P90) + " ms"
 }
 
-func fmtMiB(s stat) string {
+func fmtMiB(s byteStat) string {
 	if s.N == 0 {
 		return "n/a"
 	}
-	f := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/(1<<20), 'f', 2, 64) }
+	f := func(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<20), 'f', 2, 64) }
 	return f(s.Min) + " / " + f(s.Median) + " / " + f(s.P90) + " MiB"
+}
+
+// qemuColumn heads QEMU's column: "qemu (MACHINE)".
+func qemuColumn(machine string) string {
+	if machine == "" {
+		return "qemu"
+	}
+	return "qemu (" + machine + ")"
 }
 
 func (r benchReport) print(w io.Writer) {
 	r = r.withSummary()
 	s := r.Summary
 	fmt.Fprintf(w, "capsule bench, %s, %s\n", r.Date, r.Host)
-	fmt.Fprintf(w, "kernel %s, initrd %s, %d vCPU, %d MiB, %d runs", r.Kernel, r.Initrd, r.CPUs, r.MemoryMiB, r.Runs)
-	if r.QEMUKernel != r.Kernel {
+	fmt.Fprintf(w, "kernel %s", r.Kernel)
+	if r.Initrd != "" {
+		fmt.Fprintf(w, ", initrd %s", r.Initrd)
+	}
+	fmt.Fprintf(w, ", %d vCPU, %d MiB, %d runs", r.CPUs, r.MemoryMiB, r.Runs)
+	if r.QEMUKernel != "" && r.QEMUKernel != r.Kernel {
 		fmt.Fprintf(w, ", QEMU boots %s", r.QEMUKernel)
 	}
 	fmt.Fprintf(w, "\n\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "metric (min / median / p90)\tcapsule\tqemu (%s)\tratio (median)\n", qemuMachine)
+	if len(r.QEMU) == 0 {
+		fmt.Fprintf(tw, "metric (min / median / p90)\tcapsule\n")
+		fmt.Fprintf(tw, "(a) start → first KVM_RUN\t%s\n", fmtDur(s.CapsuleFirstRun))
+		fmt.Fprintf(tw, "(b) start → boot marker\t%s\n", fmtDur(s.CapsuleBoot))
+		fmt.Fprintf(tw, "(c) start → init marker\t%s\n", fmtDur(s.CapsuleInit))
+		fmt.Fprintf(tw, "(d) VMM overhead (RSS − guest RAM)\t%s\n", fmtMiB(s.CapsuleOverhead))
+		tw.Flush()
+		return
+	}
+	fmt.Fprintf(tw, "metric (min / median / p90)\tcapsule\t%s\tratio (median)\n", qemuColumn(r.QEMUMachine))
 	ratio := func(x float64, suffix string) string {
 		if x == 0 {
 			return "n/a"
 		}
 		return strconv.FormatFloat(x, 'f', 2, 64) + suffix
 	}
-	fmt.Fprintf(tw, "(a) start → first KVM_RUN\t%s\t%s\t%s\n", fmtDur(s.CapsuleFirstRun), fmtDur(s.QEMUFirstRun), ratio(s.FirstRunSpeedup, "× faster"))
+	fmt.Fprintf(tw, "(a) start → first KVM_RUN\t%s\t%s\t%s\n", fmtDur(s.CapsuleFirstRun), fmtDur(*s.QEMUFirstRun), ratio(s.FirstRunSpeedup, "× faster"))
 	fmt.Fprintf(tw, "(b) start → boot marker\t%s\t%s\t\n", fmtDur(s.CapsuleBoot), "n/a")
-	fmt.Fprintf(tw, "(c) start → init marker\t%s\t%s\t%s\n", fmtDur(s.CapsuleInit), fmtDur(s.QEMUInit), ratio(s.InitRatio, "× QEMU's time"))
-	fmt.Fprintf(tw, "(d) VMM overhead (RSS − guest RAM)\t%s\t%s\t\n", fmtMiB(s.CapsuleOverhead), "RSS "+fmtMiB(s.QEMURSS))
+	fmt.Fprintf(tw, "(c) start → init marker\t%s\t%s\t%s\n", fmtDur(s.CapsuleInit), fmtDur(*s.QEMUInit), ratio(s.InitRatio, "× QEMU's time"))
+	fmt.Fprintf(tw, "(d) VMM overhead (RSS − guest RAM)\t%s\t%s\t\n", fmtMiB(s.CapsuleOverhead), "RSS "+fmtMiB(*s.QEMURSS))
 	tw.Flush()
 }

@@ -41,16 +41,71 @@ func TestQEMUFirstRunFromTrace(t *testing.T) {
 }
 
 func TestBenchReportPrintsRatios(t *testing.T) {
-	r := benchReport{Kernel: "k", CPUs: 1, MemoryMiB: 128, Runs: 2,
+	r := benchReport{Kernel: "k", QEMUKernel: "k", QEMUMachine: "microvm", CPUs: 1, MemoryMiB: 128, Runs: 2,
 		Capsule: []sample{{FirstRun: 2 * time.Millisecond, Boot: 50 * time.Millisecond, Init: 80 * time.Millisecond, Overhead: 3 << 20}, {FirstRun: 2 * time.Millisecond, Boot: 50 * time.Millisecond, Init: 80 * time.Millisecond, Overhead: 3 << 20}},
 		QEMU:    []sample{{FirstRun: 40 * time.Millisecond, Init: 100 * time.Millisecond}, {FirstRun: 40 * time.Millisecond, Init: 100 * time.Millisecond}},
 	}
 	var b strings.Builder
 	r.print(&b)
-	for _, want := range []string{"20.00× faster", "0.80× QEMU's time", "3.00 / 3.00 / 3.00 MiB", "(c) start → init marker"} {
+	for _, want := range []string{"qemu (microvm)", "20.00× faster", "0.80× QEMU's time", "3.00 / 3.00 / 3.00 MiB", "(c) start → init marker"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestBenchReportLeavesOutPeersThatDidNotRun(t *testing.T) {
+	s := sample{FirstRun: 2 * time.Millisecond, Boot: 50 * time.Millisecond, Init: 80 * time.Millisecond, Overhead: 3 << 20, RSS: 131 << 20}
+	r := benchReport{Kernel: "k", CPUs: 1, MemoryMiB: 128, Runs: 2, Capsule: []sample{s, s}}
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, no := range []string{"qemu", "QEMU", "ratio", "n/a", "initrd", "()"} {
+		if strings.Contains(out, no) {
+			t.Errorf("report without QEMU or initrd mentions %q:\n%s", no, out)
+		}
+	}
+	for _, want := range []string{"kernel k, 1 vCPU, 128 MiB, 2 runs", "80.0 / 80.0 / 80.0 ms", "3.00 / 3.00 / 3.00 MiB"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	var j strings.Builder
+	if err := writeJSON(&j, r.withSummary()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(strings.ToLower(j.String()), "qemu") || strings.Contains(j.String(), `"initrd"`) {
+		t.Errorf("JSON without QEMU or initrd has their fields:\n%s", j.String())
+	}
+	for _, want := range []string{`"overhead_bytes": 3145728`, `"rss_bytes": 137363456`, `"capsule_overhead": {`, `"median_bytes": 3145728`} {
+		if !strings.Contains(j.String(), want) {
+			t.Errorf("JSON lacks %s:\n%s", want, j.String())
+		}
+	}
+	if strings.Contains(j.String(), "bytes\": {") || strings.Contains(j.String(), "_ns\": 3145728") {
+		t.Errorf("JSON holds bytes under a name that is not in bytes:\n%s", j.String())
+	}
+}
+
+func TestBenchIOReportLeavesOutPeersThatDidNotRun(t *testing.T) {
+	r := ioReport{Workload: "disk", Kernel: "k", Runs: 1, Capsule: []ioSample{{SeqWriteMBps: 100, SeqReadMBps: 200, RandReadIOPS: 900}}}
+	var b strings.Builder
+	r.print(&b)
+	if out := b.String(); strings.Contains(out, "qemu") || strings.Contains(out, "ratio") || strings.Contains(out, "initrd") || !strings.Contains(out, "900.0") {
+		t.Errorf("report without QEMU:\n%s", out)
+	}
+	var j strings.Builder
+	if err := writeJSON(&j, r); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(j.String(), "qemu") {
+		t.Errorf("JSON without QEMU has its fields:\n%s", j.String())
+	}
+	r.Machine, r.QEMU = "microvm", []ioSample{{SeqWriteMBps: 50, SeqReadMBps: 100, RandReadIOPS: 450}}
+	b.Reset()
+	r.print(&b)
+	if out := b.String(); !strings.Contains(out, "qemu (microvm)") || !strings.Contains(out, "2.00×") {
+		t.Errorf("report with QEMU:\n%s", out)
 	}
 }
 

@@ -33,9 +33,9 @@ type ioSample struct {
 
 type ioReport struct {
 	Workload string     `json:"workload"`
-	Machine  string     `json:"qemu_machine"`
+	Machine  string     `json:"qemu_machine,omitempty"` // with --against qemu
 	Kernel   string     `json:"kernel"`
-	Initrd   string     `json:"initrd"`
+	Initrd   string     `json:"initrd,omitempty"`
 	Runs     int        `json:"runs"`
 	Date     string     `json:"date"`
 	Host     string     `json:"host"`
@@ -56,8 +56,11 @@ const ioAttempts = 3
 var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=([\d.]+) MB/s randread=([\d.]+) IOPS`)
 
 func benchIO(ctx context.Context, self string, c benchConfig, workload string, stdout, stderr io.Writer) error {
-	rep := ioReport{Workload: workload, Machine: c.qemuMachine, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
+	rep := ioReport{Workload: workload, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
 		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
+	if c.against == "qemu" {
+		rep.Machine = c.qemuMachine
+	}
 	run := func(i int, qemu bool) (ioSample, error) {
 		who := "capsule"
 		if qemu {
@@ -149,7 +152,11 @@ func ioRun(ctx context.Context, self string, c benchConfig, workload string, qem
 		who = "QEMU"
 	}
 	fail := func(what string) (ioSample, error) {
-		return ioSample{}, fmt.Errorf("%s: %s (%v; stderr %q; console %q)", who, what, runErr, lastBytes(errOut.Bytes(), 300), lastBytes(out.Bytes(), 600))
+		note := processNote(runErr, lastBytes(errOut.Bytes(), 300), nil)
+		if console := lastBytes(out.Bytes(), 600); console != "" {
+			note += fmt.Sprintf("; console %q", console)
+		}
+		return ioSample{}, fmt.Errorf("%s: %s (%s)", who, what, note)
 	}
 	switch workload {
 	case "disk":
@@ -243,9 +250,21 @@ func median(v []float64) float64 {
 
 func (r ioReport) print(w io.Writer) {
 	fmt.Fprintf(w, "capsule bench --workload %s, %s, %s\n", r.Workload, r.Date, r.Host)
-	fmt.Fprintf(w, "kernel %s, initrd %s, %d runs each, alternating\n\n", r.Kernel, r.Initrd, r.Runs)
+	fmt.Fprintf(w, "kernel %s", r.Kernel)
+	if r.Initrd != "" {
+		fmt.Fprintf(w, ", initrd %s", r.Initrd)
+	}
+	if len(r.QEMU) > 0 {
+		fmt.Fprintf(w, ", %d runs each, alternating\n\n", r.Runs)
+	} else {
+		fmt.Fprintf(w, ", %d runs\n\n", r.Runs)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\tqemu (%s)\tratio capsule/qemu\n", r.Machine)
+	if len(r.QEMU) > 0 {
+		fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\t%s\tratio capsule/qemu\n", qemuColumn(r.Machine))
+	} else {
+		fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\n")
+	}
 	row := func(name string, f func(ioSample) float64) {
 		var cv, qv []float64
 		for _, s := range r.Capsule {
@@ -255,6 +274,10 @@ func (r ioReport) print(w io.Writer) {
 			qv = append(qv, f(s))
 		}
 		c, q := median(cv), median(qv)
+		if len(r.QEMU) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\n", name, strconv.FormatFloat(c, 'f', 1, 64))
+			return
+		}
 		qs, ratio := "n/a", "n/a"
 		if q > 0 {
 			qs = strconv.FormatFloat(q, 'f', 1, 64)
@@ -271,6 +294,10 @@ func (r ioReport) print(w io.Writer) {
 	}
 	tw.Flush()
 	if len(r.Repeated) > 0 {
-		fmt.Fprintf(w, "\nruns repeated after a failure: capsule %d, qemu %d\n", r.Repeated["capsule"], r.Repeated["qemu"])
+		fmt.Fprintf(w, "\nruns repeated after a failure: capsule %d", r.Repeated["capsule"])
+		if len(r.QEMU) > 0 {
+			fmt.Fprintf(w, ", qemu %d", r.Repeated["qemu"])
+		}
+		fmt.Fprintln(w)
 	}
 }

@@ -14,7 +14,9 @@ const ctrlA = 0x01
 
 // console forwards stdin to the guest. On a terminal it switches the
 // terminal to raw mode (restored by stop, on every path) and watches for
-// the Ctrl-A x escape.
+// the Ctrl-A x escape. Raw mode is for input only: the terminal still turns
+// the guest's "\n" into "\r\n" on output, as QEMU's stdio console leaves
+// it, so that a guest that writes bare line feeds does not staircase.
 type console struct {
 	wakeR, wakeW *os.File
 	done         chan struct{}
@@ -34,15 +36,32 @@ func startConsole(in *os.File, send func([]byte), onStop func()) (*console, erro
 	tty := term.IsTerminal(fd)
 	if tty {
 		old, err := term.MakeRaw(fd)
+		if err == nil {
+			c.restore = func() { term.Restore(fd, old) }
+			err = keepOutputProcessing(fd)
+		}
 		if err != nil {
+			c.restore()
 			r.Close()
 			w.Close()
 			return nil, fmt.Errorf("console: raw mode: %w", err)
 		}
-		c.restore = func() { term.Restore(fd, old) }
 	}
 	go c.loop(fd, tty, send, onStop)
 	return c, nil
+}
+
+// keepOutputProcessing turns output processing with "\n" → "\r\n" back
+// on for the terminal fd, which term.MakeRaw turned off. Only stdin's
+// terminal is made raw: when stdout is the same terminal this covers it,
+// and a different terminal on stdout was never changed.
+func keepOutputProcessing(fd int) error {
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Oflag |= unix.OPOST | unix.ONLCR
+	return unix.IoctlSetTermios(fd, unix.TCSETS, t)
 }
 
 func (c *console) loop(fd int, tty bool, send func([]byte), onStop func()) {

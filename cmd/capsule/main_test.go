@@ -60,7 +60,7 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 			if strings.Contains(stderr, "goroutine") || strings.Contains(stderr, "panic") {
 				t.Fatalf("stderr has a stack trace: %q", stderr)
 			}
-			if tc.name != "unknown flag" && strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Fatalf("stderr is not one line: %q", stderr)
 			}
 		})
@@ -68,12 +68,12 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 }
 
 func TestHelpExplainsEveryFlag(t *testing.T) {
-	status, _, stderr := runMain("run", "--help")
+	status, stdout, _ := runMain("run", "--help")
 	if status != 0 {
 		t.Fatalf("--help exit status %d", status)
 	}
-	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "--disk", "--net", "hostfwd", "tap:NAME", "--vsock", "CONNECT", "--rng", "Ctrl-A x", "0xf4"} {
-		if !strings.Contains(stderr, f) {
+	for _, f := range []string{"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--timeout", "--disk", "--net", "hostfwd", "tap:NAME", "--vsock", "CONNECT", "--rng", "Ctrl-A x", "0xf4", "2 when it is invoked wrongly"} {
+		if !strings.Contains(stdout, f) {
 			t.Errorf("run --help does not mention %s", f)
 		}
 	}
@@ -82,6 +82,134 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	}
 	if status, out, _ := runMain("--help"); status != 0 || !strings.Contains(out, "probe") {
 		t.Fatalf("--help: %d %q", status, out)
+	}
+}
+
+func TestVersionFlagPrintsTheVersion(t *testing.T) {
+	_, want, _ := runMain("version")
+	if !strings.HasPrefix(want, "capsule "+version+" (go") {
+		t.Fatalf("capsule version printed %q", want)
+	}
+	status, got, stderr := runMain("--version")
+	if status != 0 || got != want || stderr != "" {
+		t.Fatalf("capsule --version: status %d, stdout %q, stderr %q; want 0 and %q", status, got, stderr, want)
+	}
+}
+
+func TestHelpGoesToStdoutWithStatus0(t *testing.T) {
+	for _, c := range commands {
+		t.Run("help "+c.name+" prints what "+c.name+" --help prints", func(t *testing.T) {
+			status, want, stderr := runMain(c.name, "--help")
+			if status != 0 || stderr != "" || !strings.HasPrefix(want, "Usage: capsule "+c.name) || strings.HasSuffix(want, "Flags:\n") {
+				t.Fatalf("%s --help: status %d, stdout %q, stderr %q", c.name, status, want, stderr)
+			}
+			for _, h := range []string{"-h", "--help"} {
+				if status, got, _ := runMain(c.name, h); status != 0 || got != want {
+					t.Fatalf("%s %s: status %d, stdout differs from --help:\n%s", c.name, h, status, got)
+				}
+			}
+			if status, got, stderr := runMain("help", c.name); status != 0 || got != want || stderr != "" {
+				t.Fatalf("help %s: status %d stderr %q stdout:\n%s\nwant:\n%s", c.name, status, stderr, got, want)
+			}
+		})
+	}
+	t.Run("help alone lists the commands", func(t *testing.T) {
+		_, want, _ := runMain("--help")
+		for _, args := range [][]string{{"help"}, {"-h"}, {"help", "help"}} {
+			if status, got, stderr := runMain(args...); status != 0 || got != want || stderr != "" || !strings.Contains(got, "probe") {
+				t.Fatalf("%v: status %d stdout %q stderr %q", args, status, got, stderr)
+			}
+		}
+	})
+	t.Run("no arguments print the commands on stderr with status 2", func(t *testing.T) {
+		if status, stdout, stderr := runMain(); status != 2 || stdout != "" || !strings.Contains(stderr, "Commands:") {
+			t.Fatalf("status %d stdout %q stderr %q", status, stdout, stderr)
+		}
+	})
+}
+
+func TestMistypedNamesGetASuggestion(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" for no suggestion
+	}{
+		{[]string{"rnu"}, `capsule: unknown command "rnu"; did you mean "run"?`},
+		{[]string{"bnech"}, `did you mean "bench"?`},
+		{[]string{"ver"}, `did you mean "version"?`},
+		{[]string{"prob", "--help"}, `did you mean "probe"?`},
+		{[]string{"hepl"}, `did you mean "help"?`},
+		{[]string{"help", "rnu"}, `capsule help: unknown command "rnu"; did you mean "run"?`},
+		{[]string{"xyzzy"}, ""},
+		{[]string{"bench", "--kernal", "k"}, "capsule bench: unknown flag: --kernal; did you mean --kernel?"},
+		{[]string{"bench", "--kernel=k", "--run", "3"}, "did you mean --runs?"},
+		{[]string{"bench", "-kernel", "k"}, "did you mean --kernel?"},
+		{[]string{"bench", "--stats", "3"}, ""}, // hidden flags are not suggested
+		{[]string{"probe", "--verbose"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			status, stdout, stderr := runMain(tc.args...)
+			if status != 2 || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("status %d stdout %q stderr %q; want 2 and one line on stderr", status, stdout, stderr)
+			}
+			if tc.want == "" && strings.Contains(stderr, "did you mean") {
+				t.Fatalf("stderr %q suggests something", stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q does not say %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestEditDistanceCountsSwapsAsOneEdit(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"run", "run", 0}, {"rnu", "run", 1}, {"kernal", "kernel", 1}, {"kerenl", "kernel", 1},
+		{"", "run", 3}, {"cpu", "cpus", 1}, {"memroy", "memory", 1}, {"ca", "abc", 3}, {"bench", "probe", 5},
+	} {
+		if got := editDistance(tc.a, tc.b); got != tc.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+func TestUsageErrorsExit2AndOtherErrorsExit1(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		status int
+		want   string
+	}{
+		{[]string{"bench", "--kernel", "k", "extra"}, 2, `capsule bench: unexpected argument "extra" (run 'capsule bench --help')`},
+		{[]string{"probe", "extra"}, 2, `capsule probe: unexpected argument "extra" (run 'capsule probe --help')`},
+		{[]string{"version", "extra"}, 2, `capsule version: unexpected argument "extra" (run 'capsule version --help')`},
+		{[]string{"--version", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"help", "run", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"help", "nosuch"}, 2, `capsule help: unknown command "nosuch" (run 'capsule help')`},
+		{[]string{"--kernel", "k"}, 2, "flags come after the command"},
+		{[]string{"run", "--bogus"}, 2, "capsule run: unknown flag: --bogus (run 'capsule run --help')"},
+		{[]string{"run", "--cpus", "two"}, 2, `capsule run: --cpus "two": must be an integer (run 'capsule run --help')`},
+		{[]string{"run", "--kernel"}, 2, "flag needs an argument: --kernel"},
+		{[]string{"probe", "---x"}, 2, "bad flag syntax: ---x"},
+		{[]string{"version", "--bogus"}, 2, "capsule version: unknown flag: --bogus"},
+		{[]string{"bench"}, 2, "capsule bench: --kernel is required (run 'capsule bench --help')"},
+		{[]string{"bench", "--kernel", "k", "--runs", "0"}, 2, "--runs 0: must be at least 1"},
+		{[]string{"bench", "--kernel", "k", "--against", "firecracker"}, 2, `--against "firecracker": only qemu is supported`},
+		{[]string{"bench", "--kernel", "k", "--workload", "cpu"}, 2, `--workload "cpu": want boot, disk or net`},
+		{[]string{"bench", "--kernel", "k", "--timeout", "10"}, 2, `--timeout "10": must be a duration`},
+		{[]string{"bench", "--kernel", "/nonexistent"}, 1, "capsule bench: --kernel /nonexistent: no such file or directory"},
+		{[]string{"run", "--kernel", "/nonexistent"}, 1, "/nonexistent"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			status, _, stderr := runMain(tc.args...)
+			if status != tc.status || !strings.Contains(stderr, tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("status %d stderr %q; want %d and one line with %q", status, stderr, tc.status, tc.want)
+			}
+			if tc.status == 1 && strings.Contains(stderr, "--help") {
+				t.Fatalf("stderr %q points to --help for an error that is not one of usage", stderr)
+			}
+		})
 	}
 }
 
@@ -197,6 +325,9 @@ func TestSIGTERMStopsTheVMAndLeavesNothing(t *testing.T) {
 	err = cmd.Wait()
 	if s := exitStatus(t, err); s != 128+int(syscall.SIGTERM) {
 		t.Fatalf("exit status %d, want %d (stderr %q)", s, 128+int(syscall.SIGTERM), stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stopped by SIGTERM") {
+		t.Fatalf("stderr %q does not name the signal", stderr.String())
 	}
 	if err := syscall.Kill(cmd.Process.Pid, 0); err == nil {
 		t.Fatal("capsule process still exists after Wait")

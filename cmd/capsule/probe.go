@@ -13,8 +13,8 @@ capsule uses, and what will and will not work. The first line starts with
 "kvm: hardware" (Intel VT-x or AMD-V), "kvm: pvm" (the kvm_pvm module, which
 emulates guest supervisor mode) or "kvm: none". Exits 0 when KVM is usable,
 1 when not.
-`, stderr)
-	if err := fs.Parse(args); err != nil {
+`, stdout, stderr)
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	h := kvm.Probe()
@@ -35,7 +35,11 @@ func yes(b bool) string {
 func report(w io.Writer, h kvm.HostInfo) {
 	switch h.Kind {
 	case kvm.KindNone:
-		fmt.Fprintf(w, "kvm: none (%v)\n", h.Err)
+		if h.Err != nil {
+			fmt.Fprintf(w, "kvm: none (%v)\n", h.Err)
+		} else {
+			fmt.Fprintf(w, "kvm: none\n")
+		}
 		fmt.Fprintf(w, "works:      nothing that needs KVM on this host\n")
 		fmt.Fprintf(w, "instead:    make test-rig runs capsule's KVM tests on nested kvm_amd under QEMU (TCG)\n")
 		return

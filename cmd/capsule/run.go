@@ -13,6 +13,7 @@ import (
 
 	"github.com/capsule-vm/capsule/bootloader"
 	"github.com/capsule-vm/capsule/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Exit statuses of capsule run besides the guest's own.
@@ -30,7 +31,7 @@ var errTimeout = errors.New("--timeout reached")
 // signalError is the context cause when SIGINT or SIGTERM arrives.
 type signalError struct{ sig syscall.Signal }
 
-func (e signalError) Error() string { return "stopped by " + e.sig.String() }
+func (e signalError) Error() string { return "stopped by " + unix.SignalName(e.sig) }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", "run --kernel PATH [flags]", `Boots a kernel in a new micro-VM. The guest's serial console (COM1) is
@@ -42,10 +43,11 @@ capsule exits with the status the guest writes to I/O port 0xf4, with
 (v << 1) | 1 when it writes v to QEMU's isa-debug-exit port 0x501, with 0
 when the guest reboots or powers off, 124 when --timeout expires, 125 when
 the guest triple-faults, 126 when a vCPU cannot go on, 127 when the guest
-reports a panic (pvpanic, port 0x505), 128+N after signal N, and 1 when
-capsule itself fails. A summary with the boot time (the guest's write of 123
-to I/O port 0xf5) goes to stderr.
-`, stderr)
+reports a panic (pvpanic, port 0x505), 128+N after signal N, 1 when capsule
+itself fails, and 2 when it is invoked wrongly (an unknown flag, a bad
+value, a stray argument, no --kernel). A summary with the boot time (the
+guest's write of 123 to I/O port 0xf5) goes to stderr.
+`, stdout, stderr)
 	var cfg vmm.Config
 	var timeout time.Duration
 	var quiet bool
@@ -63,27 +65,24 @@ to I/O port 0xf5) goes to stderr.
 	var statsFD int
 	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
 	fs.MarkHidden("stats-fd")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (flags take the form --kernel PATH)", fs.Arg(0))
-	}
 	if err := vmm.CheckCPUs(cfg.CPUs); err != nil {
-		return fmt.Errorf("--cpus %d: %w", cfg.CPUs, err)
+		return usageErrorf("--cpus %d: %w", cfg.CPUs, err)
 	}
 	if err := vmm.CheckMemory(cfg.MemoryMiB); err != nil {
-		return fmt.Errorf("--memory %d: %w", cfg.MemoryMiB, err)
+		return usageErrorf("--memory %d: %w", cfg.MemoryMiB, err)
 	}
 	if timeout < 0 {
-		return fmt.Errorf("--timeout %v: must not be negative", timeout)
+		return usageErrorf("--timeout %v: must not be negative", timeout)
 	}
 	if cfg.Kernel == "" {
-		return errors.New("--kernel is required")
+		return usageErrorf("--kernel is required")
 	}
 	var err error
 	if cfg.Devices, err = devs.Devices(); err != nil {
-		return err
+		return usageError{err}
 	}
 	cfg.Console = stdout
 	cfg.Log = stderr
@@ -176,7 +175,10 @@ func outcome(res vmm.Result, cause error, timeout time.Duration) (int, string) {
 	case errors.Is(cause, errConsoleStop):
 		return 0, cause.Error()
 	}
-	return statusError, fmt.Sprint(cause)
+	if cause == nil {
+		return statusError, "VM stopped"
+	}
+	return statusError, cause.Error()
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
