@@ -272,7 +272,7 @@ func prepareBzImage(mem *machine.GuestMemory, b *BzImage, cfg Config, readInitrd
 	}
 	p := &plan{
 		entry: Entry{Mode: Mode64, RIP: load + bz64EntryOffset, RSP: LinuxStackTop, RSI: machine.BootInfoAddr},
-		info:  Info{Format: FormatBzImage, Version: version, KernelAddr: load, KernelEnd: kernelEnd},
+		info:  Info{Format: FormatBzImage, Linux: true, Version: version, KernelAddr: load, KernelEnd: kernelEnd},
 	}
 	p.add(load, b.Payload, 0)
 	limit := uint64(b.InitrdAddrMax) + 1

@@ -60,6 +60,9 @@ type Info struct {
 	KernelAddr, KernelEnd uint64
 	// InitrdAddr and InitrdSize place the initrd; both 0 without one.
 	InitrdAddr, InitrdSize uint64
+	// Linux is set for a Linux kernel: a bzImage, a PVH vmlinux, or an
+	// ELF64 file with Linux's own ELF notes (a vmlinux booted without PVH).
+	Linux bool
 }
 
 // pageSize is the x86 page size; the initrd is placed on a page boundary.
@@ -180,7 +183,35 @@ func prepareUnikernel(mem *machine.GuestMemory, data []byte, cfg Config, readIni
 		}
 		return nil, kernelErr(cfg, err)
 	}
-	return prepareELF64(mem, img, cfg, readInitrd)
+	p, err := prepareELF64(mem, img, cfg, readInitrd)
+	if p != nil {
+		p.info.Linux = hasLinuxNote(data)
+	}
+	return p, err
+}
+
+// hasLinuxNote reports whether an ELF file carries a note named "Linux",
+// as every vmlinux does (its version and build notes).
+func hasLinuxNote(data []byte) bool {
+	h, err := readELFHeader(data)
+	if err != nil {
+		return false
+	}
+	blocks, err := h.noteBlocks(data)
+	if err != nil {
+		return false
+	}
+	for _, b := range blocks {
+		found := false
+		walkNotes(b, func(name []byte, _ uint32, _ []byte) bool {
+			found = string(name) == "Linux\x00"
+			return found
+		})
+		if found {
+			return true
+		}
+	}
+	return false
 }
 
 func kernelErr(cfg Config, err error) error { return fmt.Errorf("kernel %s: %w", cfg.Kernel, err) }

@@ -1,40 +1,19 @@
 package bootloader
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"testing"
 
+	"github.com/capsule-vm/capsule/internal/kvmtest"
 	"github.com/capsule-vm/capsule/machine"
 )
-
-// pvhNoteHeader is how the PVH entry note of an x86-64 vmlinux starts:
-// namesz 4, descsz 8 (the entry as a .quad), type 18
-// (XEN_ELFNOTE_PHYS32_ENTRY), name "Xen\0".
-var pvhNoteHeader = []byte{4, 0, 0, 0, 8, 0, 0, 0, xenElfnotePhys32Entry, 0, 0, 0, 'X', 'e', 'n', 0}
-
-// disablePVHNote hides the PVH entry note of a vmlinux in place by
-// setting its type to 0, so that FindPVHEntry no longer finds it and the
-// kernel goes through the ELF64 path. It wants exactly one such note.
-func disablePVHNote(data []byte) error {
-	i := bytes.Index(data, pvhNoteHeader)
-	if i < 0 {
-		return errors.New("no PVH entry note")
-	}
-	if j := bytes.LastIndex(data, pvhNoteHeader); j != i {
-		return fmt.Errorf("PVH entry note header at %#x and %#x", i, j)
-	}
-	data[i+8] = 0
-	return nil
-}
 
 // checkEnteredAsELF64 loads a vmlinux whose PVH note is hidden and checks
 // that it is entered the Firecracker way: long mode at the physical
 // e_entry, RSI = the zero page.
-func checkEnteredAsELF64(t *testing.T, kernel []byte, mem *machine.GuestMemory, initrd []byte) {
+func checkEnteredAsELF64(t *testing.T, kernel []byte, mem *machine.GuestMemory, initrd []byte) Info {
 	t.Helper()
 	if _, ok, err := FindPVHEntry(kernel); ok || err != nil {
 		t.Fatalf("FindPVHEntry still finds the entry (ok %v, %v)", ok, err)
@@ -57,6 +36,7 @@ func checkEnteredAsELF64(t *testing.T, kernel []byte, mem *machine.GuestMemory, 
 		binary.LittleEndian.Uint32(zp[bzCmdLinePtr:]) != machine.CmdlineAddr {
 		t.Error("zero page lacks the boot flag, HdrS or cmd_line_ptr")
 	}
+	return info
 }
 
 func TestVmlinuxWithItsPVHNoteHiddenIsEnteredAsELF64(t *testing.T) {
@@ -66,10 +46,12 @@ func TestVmlinuxWithItsPVHNoteHiddenIsEnteredAsELF64(t *testing.T) {
 	if _, ok, _ := FindPVHEntry(data); !ok {
 		t.Fatal("the test vmlinux has no PVH note to hide")
 	}
-	if err := disablePVHNote(data); err != nil {
+	if err := kvmtest.HidePVHNote(data); err != nil {
 		t.Fatal(err)
 	}
-	checkEnteredAsELF64(t, data, newMem(t, 64*machine.MiB), cpioLike(0x1000))
+	if info := checkEnteredAsELF64(t, data, newMem(t, 64*machine.MiB), cpioLike(0x1000)); info.Linux {
+		t.Error("a synthetic ELF without Linux notes taken for Linux")
+	}
 }
 
 // TestMinimalVmlinuxWithoutPVH is the recipe for booting
@@ -84,8 +66,11 @@ func TestMinimalVmlinuxWithoutPVH(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := disablePVHNote(data); err != nil {
+	if err := kvmtest.HidePVHNote(data); err != nil {
 		t.Fatal(err)
 	}
-	checkEnteredAsELF64(t, data, newMem(t, 256*machine.MiB), cpioLike(0x1000))
+	info := checkEnteredAsELF64(t, data, newMem(t, 256*machine.MiB), cpioLike(0x1000))
+	if !info.Linux {
+		t.Error("a vmlinux without PVH is not known as Linux (its \"Linux\" ELF notes were not found)")
+	}
 }

@@ -128,7 +128,7 @@ func preparePVH(mem *machine.GuestMemory, data []byte, entry uint32, cfg Config,
 	}
 	p := &plan{
 		entry: Entry{Mode: Mode32, RIP: uint64(entry), RBX: machine.BootInfoAddr},
-		info:  Info{Format: FormatPVH, KernelAddr: segs[0].Addr, KernelEnd: segs[len(segs)-1].End()},
+		info:  Info{Format: FormatPVH, Linux: true, KernelAddr: segs[0].Addr, KernelEnd: segs[len(segs)-1].End()},
 	}
 	for _, s := range segs {
 		p.add(s.Addr, s.Data, s.MemSize-s.FileSize)

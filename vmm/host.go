@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/capsule-vm/capsule/bootloader"
 	"github.com/capsule-vm/capsule/kvm"
 )
 
@@ -41,15 +40,10 @@ var hostKind = func(s *kvm.System) kvm.Kind { return s.Kind() }
 
 // canBoot refuses, at once, a Linux kernel on a PVM host.
 func (v *VM) canBoot() error {
-	if !isLinux(v.info.Format) || hostKind(v.sys) != kvm.KindPVM {
+	if !v.info.Linux || hostKind(v.sys) != kvm.KindPVM {
 		return nil
 	}
 	return fmt.Errorf("kernel %s: %w: /dev/kvm is PVM (kvm_pvm), which runs guest kernel code emulated at about a million instructions a second; "+
 		"boot it on a host with hardware KVM (Intel VT-x or AMD-V), or in capsule's nested rig (bin/kvmrig bin/capsule run ..., as make demo and make test-rig do)",
 		v.cfg.Kernel, ErrCannotBootLinux)
-}
-
-// isLinux reports whether a kernel format is Linux's.
-func isLinux(f bootloader.Format) bool {
-	return f == bootloader.FormatBzImage || f == bootloader.FormatPVH
 }

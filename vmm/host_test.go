@@ -12,21 +12,22 @@ import (
 func TestLinuxOnPVMIsRefusedAtOnce(t *testing.T) {
 	defer func(f func(*kvm.System) kvm.Kind) { hostKind = f }(hostKind)
 	for _, tc := range []struct {
-		format bootloader.Format
+		info   bootloader.Info
 		kind   kvm.Kind
 		refuse bool
 	}{
-		{bootloader.FormatBzImage, kvm.KindPVM, true},
-		{bootloader.FormatPVH, kvm.KindPVM, true},
-		{bootloader.FormatUnikernel, kvm.KindPVM, false},
-		{bootloader.FormatMultiboot, kvm.KindPVM, false},
-		{bootloader.FormatBzImage, kvm.KindHardware, false},
+		{bootloader.Info{Format: bootloader.FormatBzImage, Linux: true}, kvm.KindPVM, true},
+		{bootloader.Info{Format: bootloader.FormatPVH, Linux: true}, kvm.KindPVM, true},
+		{bootloader.Info{Format: bootloader.FormatUnikernel, Linux: true}, kvm.KindPVM, true}, // a vmlinux without PVH
+		{bootloader.Info{Format: bootloader.FormatUnikernel}, kvm.KindPVM, false},
+		{bootloader.Info{Format: bootloader.FormatMultiboot}, kvm.KindPVM, false},
+		{bootloader.Info{Format: bootloader.FormatBzImage, Linux: true}, kvm.KindHardware, false},
 	} {
 		hostKind = func(*kvm.System) kvm.Kind { return tc.kind }
-		v := &VM{cfg: Config{Kernel: "K"}, info: bootloader.Info{Format: tc.format}}
+		v := &VM{cfg: Config{Kernel: "K"}, info: tc.info}
 		err := v.canBoot()
 		if got := err != nil; got != tc.refuse {
-			t.Errorf("%v on %v: refused %v, want %v (%v)", tc.format, tc.kind, got, tc.refuse, err)
+			t.Errorf("%+v on %v: refused %v, want %v (%v)", tc.info, tc.kind, got, tc.refuse, err)
 			continue
 		}
 		if err != nil && (!errors.Is(err, ErrCannotBootLinux) || !strings.Contains(err.Error(), "kvmrig") || strings.Contains(err.Error(), "\n")) {

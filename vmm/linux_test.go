@@ -3,6 +3,8 @@ package vmm
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,10 +72,15 @@ func TestLinuxBootsToInit(t *testing.T) {
 		{"minimal bzImage", "minimal.bzImage"},
 		{"minimal PVH vmlinux", "minimal.vmlinux"},
 		{"stock Debian bzImage", "stock.bzImage"},
+		// Entered as Firecracker enters a vmlinux: 64-bit, zero page in RSI.
+		{"minimal vmlinux without its PVH note", "minimal.vmlinux no-pvh"},
 	} {
 		for _, cpus := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s with %d vCPUs", k.name, cpus), func(t *testing.T) {
-				kernel := image(t, k.file)
+				kernel := image(t, strings.TrimSuffix(k.file, " no-pvh"))
+				if strings.HasSuffix(k.file, " no-pvh") {
+					kernel = withoutPVHNote(t, kernel)
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 				defer cancel()
 				cmdline := linuxCmdline + " capsule.exit=" + strconv.Itoa(40+cpus)
@@ -98,6 +105,24 @@ func TestLinuxBootsToInit(t *testing.T) {
 			})
 		}
 	}
+}
+
+// withoutPVHNote writes a copy of the vmlinux at path with its PVH entry
+// note hidden and returns the copy's path.
+func withoutPVHNote(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kvmtest.HidePVHNote(data); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	out := filepath.Join(t.TempDir(), "vmlinux-no-pvh")
+	if err := os.WriteFile(out, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestLinuxRebootExitsZero(t *testing.T) {
