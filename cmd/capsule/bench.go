@@ -20,7 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/vmm"
 )
 
 // QEMU's fastest configuration for a direct kernel boot: microvm without
@@ -164,7 +164,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func hostDescription() string {
-	h := kvm.Probe()
+	h := vmm.Probe()
 	name, _ := os.Hostname()
 	model := ""
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -176,7 +176,7 @@ func hostDescription() string {
 		}
 	}
 	kind := "kvm: " + h.Kind.String()
-	if h.Vendor != "" && h.Kind == kvm.KindHardware {
+	if h.Vendor != "" && h.Kind == vmm.KVMHardware {
 		kind += " (kvm_" + h.Vendor + ")"
 	}
 	if os.Getenv("CAPSULE_RIG") == "1" {

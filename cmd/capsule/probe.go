@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/vmm"
 )
 
 func cmdProbe(args []string, stdout, stderr io.Writer) error {
@@ -17,9 +17,9 @@ emulates guest supervisor mode) or "kvm: none". Exits 0 when KVM is usable,
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	h := kvm.Probe()
+	h := vmm.Probe()
 	report(stdout, h)
-	if h.Kind == kvm.KindNone {
+	if h.Kind == vmm.KVMNone {
 		return exitError{1}
 	}
 	return nil
@@ -32,9 +32,9 @@ func yes(b bool) string {
 	return "no"
 }
 
-func report(w io.Writer, h kvm.HostInfo) {
+func report(w io.Writer, h vmm.HostInfo) {
 	switch h.Kind {
-	case kvm.KindNone:
+	case vmm.KVMNone:
 		if h.Err != nil {
 			fmt.Fprintf(w, "kvm: none (%v)\n", h.Err)
 		} else {
@@ -43,13 +43,13 @@ func report(w io.Writer, h kvm.HostInfo) {
 		fmt.Fprintf(w, "works:      nothing that needs KVM on this host\n")
 		fmt.Fprintf(w, "instead:    make test-rig runs capsule's KVM tests on nested kvm_amd under QEMU (TCG)\n")
 		return
-	case kvm.KindHardware:
+	case vmm.KVMHardware:
 		nested := ""
 		if h.Nested != "" {
 			nested = ", nested=" + h.Nested
 		}
 		fmt.Fprintf(w, "kvm: hardware (kvm_%s%s)\n", h.Vendor, nested)
-	case kvm.KindPVM:
+	case vmm.KVMPVM:
 		fmt.Fprintf(w, "kvm: pvm (kvm_pvm: guest supervisor mode is emulated, about 1M instructions/s)\n")
 	default:
 		fmt.Fprintf(w, "kvm: hardware? (/dev/kvm works but its module is not kvm_intel, kvm_amd or kvm_pvm)\n")
@@ -61,7 +61,7 @@ func report(w io.Writer, h kvm.HostInfo) {
 		yes(h.IRQChip), yes(h.PIT2), yes(h.IRQFD), yes(h.IOEventFD), yes(h.ImmediateExt))
 	fmt.Fprintf(w, "nested state: %d\n", h.NestedState)
 	switch h.Kind {
-	case kvm.KindPVM:
+	case vmm.KVMPVM:
 		fmt.Fprintf(w, "works:      unikernels and tiny guests (port I/O, MMIO, HLT, short loops)\n")
 		fmt.Fprintf(w, "won't work: Linux kernels (the emulator lacks int3, cmpxchg16b, xrstor); use make test-rig\n")
 	default:
