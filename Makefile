@@ -38,7 +38,7 @@ bin/capsule: FORCE
 bin/kvmrig: FORCE
 	$(GO) build $(GOFLAGS_BUILD) -o $@ ./cmd/kvmrig
 
-testdata/guests/%.elf: testdata/guests/%.S testdata/guests/hello.ld
+testdata/guests/%.elf: testdata/guests/%.S testdata/guests/hello.ld testdata/guests/lib64.inc
 	gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld -Wl,--build-id=none -o $@ $<
 
 deps:

@@ -161,7 +161,7 @@ func TestLoadBzImage(t *testing.T) {
 	// 16 MiB and needs init_size (8 MiB) there.
 	const kernelEnd = 0x1000000 + 8<<20
 	initrdAddr := uint64(0x2000000-len(initrd)) &^ 0xfff
-	wantInfo := Info{Format: FormatBzImage, Version: "6.1.0-test, boot protocol 2.15", KernelAddr: 0x100000, KernelEnd: kernelEnd,
+	wantInfo := Info{Format: FormatBzImage, Linux: true, Version: "6.1.0-test, boot protocol 2.15", KernelAddr: 0x100000, KernelEnd: kernelEnd,
 		InitrdAddr: initrdAddr, InitrdSize: uint64(len(initrd))}
 	if info != wantInfo {
 		t.Errorf("info %+v, want %+v", info, wantInfo)

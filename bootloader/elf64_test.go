@@ -53,6 +53,9 @@ func TestELF64EmptyCmdlineStillHasACmdLinePtr(t *testing.T) {
 	if got := string(zp[bzHeaderMagic:][:4]); got != "HdrS" {
 		t.Errorf("header %q, want HdrS", got)
 	}
+	if got := le.Uint32(zp[bzKernelAlignment:]); got != 0x1000000 {
+		t.Errorf("kernel_alignment %#x, want 16 MiB as Firecracker", got)
+	}
 	if zp[bzTypeOfLoader] != 0xff {
 		t.Errorf("type_of_loader %#x, want 0xff", zp[bzTypeOfLoader])
 	}

@@ -165,7 +165,7 @@ func TestLoadPVH(t *testing.T) {
 		t.Errorf("entry %+v, want %+v", entry, want)
 	}
 	initrdAddr := uint64(64*machine.MiB - 4*pageSize)
-	wantInfo := Info{Format: FormatPVH, KernelAddr: 0x1000000, KernelEnd: 0x1205000, InitrdAddr: initrdAddr, InitrdSize: uint64(len(initrd))}
+	wantInfo := Info{Format: FormatPVH, Linux: true, KernelAddr: 0x1000000, KernelEnd: 0x1205000, InitrdAddr: initrdAddr, InitrdSize: uint64(len(initrd))}
 	if info != wantInfo {
 		t.Errorf("info %+v, want %+v", info, wantInfo)
 	}

@@ -15,6 +15,10 @@ import (
 // Mode is the CPU mode the boot vCPU starts in.
 type Mode uint8
 
+// elf64KernelAlignment is kernel_alignment in the zero page of an ELF64
+// kernel.
+const elf64KernelAlignment = 0x1000000
+
 const (
 	_ Mode = iota // the zero Mode is invalid, so a zero Entry is not bootable
 	// Mode64 is 64-bit long mode with paging on and the first
@@ -236,12 +240,14 @@ func prepareELF64(mem *machine.GuestMemory, img *ELFImage, cfg Config, readInitr
 	}
 
 	// The zero page as Firecracker fills it for an ELF vmlinux: the boot
-	// flag and header magic a kernel checks, the loader fields, and
-	// cmdline_size the bytes at cmd_line_ptr, NUL included.
+	// flag and header magic a kernel checks, kernel_alignment (16 MiB, as
+	// Firecracker gives it), the loader fields, and cmdline_size the
+	// bytes at cmd_line_ptr, NUL included.
 	zp := make([]byte, ZeroPageSize)
 	le := binary.LittleEndian
 	le.PutUint16(zp[bzBootFlag:], bzBootFlagValue)
 	copy(zp[bzHeaderMagic:], bzMagic)
+	le.PutUint32(zp[bzKernelAlignment:], elf64KernelAlignment)
 	le.PutUint32(zp[bzCmdlineSize:], uint32(len(cfg.Cmdline)+1))
 	if err := putLoaderFields(zp, mem, p.info); err != nil {
 		return nil, kernelErr(cfg, err)

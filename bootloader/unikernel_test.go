@@ -247,6 +247,9 @@ func TestHelloELF(t *testing.T) {
 	if len(img.Segments) != 1 {
 		t.Errorf("%d PT_LOAD segments, want 1", len(img.Segments))
 	}
+	if hasLinuxNote(data) {
+		t.Error("hello.elf taken for Linux")
+	}
 	mem := newMem(t, 16*machine.MiB)
 	entry, err := LoadUnikernel(mem, path, "exit=3", 1)
 	if err != nil {

@@ -76,9 +76,11 @@ type Activation struct {
 	// Fail reports an error that leaves the device unusable until the
 	// driver resets it: the transport sets DEVICE_NEEDS_RESET.
 	Fail func(err error)
-	// ConfigChanged tells the driver that the configuration space changed
-	// (a new generation and a configuration-change interrupt).
-	ConfigChanged func()
+	// ConfigChanged changes the configuration space: it runs update (under
+	// the configuration-space lock, with a new generation) and interrupts
+	// the driver; see MMIO.ConfigChanged. Not for use from ReadConfig or
+	// WriteConfig.
+	ConfigChanged func(update func())
 }
 
 // ReadConfigFrom fills p from cfg, a device's configuration space, at

@@ -97,7 +97,12 @@ type MMIO struct {
 
 	intStatus  atomic.Uint32
 	needsReset atomic.Bool
-	configGen  atomic.Uint32
+
+	// cfgMu serialises the device's configuration space: driver accesses
+	// and ConfigChanged. It is never held with mu.
+	cfgMu     sync.Mutex
+	configGen atomic.Uint32
+	live      atomic.Bool // DRIVER_OK is set: configuration interrupts go out
 }
 
 // NewMMIO returns the transport for dev over mem, raising irq.
@@ -159,17 +164,23 @@ func (m *MMIO) fail(err error) {
 	m.interrupt(InterruptConfig)
 }
 
-// ConfigChanged records a change of the device's configuration space: the
-// configuration generation the driver reads moves on (so a driver reading
-// a multi-field value sees it changed under it and reads again), and once
-// the driver has set DRIVER_OK it gets a configuration-change interrupt.
-// It never blocks on the guest.
-func (m *MMIO) ConfigChanged() {
+// ConfigChanged changes the device's configuration space: update (which
+// may be nil) runs under the lock every driver access to the space takes,
+// together with the move of the configuration generation, so a driver
+// that reads the generation around a multi-field value either sees the
+// old value or a new generation. Once the driver has set DRIVER_OK it
+// then gets a configuration-change interrupt. It never waits for the
+// transport's state lock, so a device goroutine may call it while the
+// transport resets the device; it must not be called from ReadConfig or
+// WriteConfig.
+func (m *MMIO) ConfigChanged(update func()) {
+	m.cfgMu.Lock()
+	if update != nil {
+		update()
+	}
 	m.configGen.Add(1)
-	m.mu.Lock()
-	live := m.status&StatusDriverOK != 0
-	m.mu.Unlock()
-	if live {
+	m.cfgMu.Unlock()
+	if m.live.Load() {
 		m.interrupt(InterruptConfig)
 	}
 }
@@ -178,9 +189,9 @@ func (m *MMIO) ConfigChanged() {
 func (m *MMIO) Read(off uint64, data []byte) {
 	clear(data)
 	if off >= RegConfig {
-		m.mu.Lock()
+		m.cfgMu.Lock()
 		m.dev.ReadConfig(off-RegConfig, data)
-		m.mu.Unlock()
+		m.cfgMu.Unlock()
 		return
 	}
 	if len(data) != 4 || off%4 != 0 {
@@ -248,10 +259,13 @@ func (m *MMIO) selected() *Queue {
 func (m *MMIO) Write(off uint64, data []byte) {
 	if off >= RegConfig {
 		m.mu.Lock()
-		if m.status&StatusDriver != 0 {
-			m.dev.WriteConfig(off-RegConfig, data)
-		}
+		driver := m.status&StatusDriver != 0
 		m.mu.Unlock()
+		if driver {
+			m.cfgMu.Lock()
+			m.dev.WriteConfig(off-RegConfig, data)
+			m.cfgMu.Unlock()
+		}
 		return
 	}
 	if len(data) != 4 || off%4 != 0 {
@@ -337,6 +351,7 @@ func (m *MMIO) setStatus(v uint32) {
 	added := v &^ old
 	if added&StatusFailed != 0 {
 		m.status |= StatusFailed
+		m.live.Store(false)
 		m.deactivate()
 		return
 	}
@@ -366,6 +381,7 @@ func (m *MMIO) setStatus(v uint32) {
 			}
 		case StatusDriverOK:
 			m.status |= bit
+			m.live.Store(true)
 			m.activate()
 			continue
 		}
@@ -441,6 +457,7 @@ func (m *MMIO) deactivate() {
 
 // reset returns the device and the transport to their initial state.
 func (m *MMIO) reset() {
+	m.live.Store(false)
 	m.deactivate()
 	m.status, m.devFeatSel, m.drvFeatSel, m.drvFeatures, m.queueSel = 0, 0, 0, 0, 0
 	for _, q := range m.queues {

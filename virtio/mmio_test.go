@@ -1,6 +1,8 @@
 package virtio_test
 
 import (
+	"encoding/binary"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,7 +242,7 @@ func TestEventIdx(t *testing.T) {
 func TestConfigChangedInterruptsOnlyALiveDriver(t *testing.T) {
 	d := newDriver(t)
 	gen := d.Read(virtio.RegConfigGeneration)
-	d.M.ConfigChanged() // before DRIVER_OK: a new generation, no interrupt
+	d.M.ConfigChanged(nil) // before DRIVER_OK: a new generation, no interrupt
 	if g := d.Read(virtio.RegConfigGeneration); g == gen {
 		t.Fatalf("config generation stayed %d across a change", g)
 	}
@@ -249,7 +251,7 @@ func TestConfigChangedInterruptsOnlyALiveDriver(t *testing.T) {
 	}
 	d.Setup(virtio.FeatureVersion1)
 	gen = d.Read(virtio.RegConfigGeneration)
-	d.M.ConfigChanged()
+	d.M.ConfigChanged(nil)
 	if d.Read(virtio.RegConfigGeneration) == gen {
 		t.Fatal("config generation did not move")
 	}
@@ -258,5 +260,74 @@ func TestConfigChangedInterruptsOnlyALiveDriver(t *testing.T) {
 	}
 	if s := d.Read(virtio.RegInterruptStatus); s&virtio.InterruptConfig == 0 {
 		t.Fatalf("interrupt status %#x lacks the configuration-change bit", s)
+	}
+}
+
+// changer is a device whose goroutine keeps changing its configuration
+// space, and whose Reset waits for that goroutine, as a balloon's would.
+type changer struct {
+	value   atomic.Uint32
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func (c *changer) Type() virtio.Type                { return virtio.TypeRNG }
+func (c *changer) Features() uint64                 { return 0 }
+func (c *changer) QueueMaxSizes() []uint16          { return []uint16{16} }
+func (c *changer) WriteConfig(off uint64, p []byte) {}
+func (c *changer) ReadConfig(off uint64, p []byte) {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], c.value.Load())
+	virtio.ReadConfigFrom(b[:], off, p)
+}
+
+func (c *changer) Activate(a virtio.Activation) error {
+	c.stop, c.stopped = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(c.stopped)
+		for {
+			select {
+			case <-c.stop:
+				return
+			default:
+				a.ConfigChanged(func() { c.value.Add(1) })
+			}
+		}
+	}()
+	return nil
+}
+
+func (c *changer) Reset() {
+	if c.stop != nil {
+		close(c.stop)
+		<-c.stopped
+		c.stop = nil
+	}
+}
+
+func TestConfigChangeDuringResetDoesNotDeadlock(t *testing.T) {
+	mem, err := machine.NewGuestMemory(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	d := virtiotest.New(t, mem, &changer{})
+	for range 20 {
+		d.Setup(virtio.FeatureVersion1)
+		// A torn read is impossible: the generation moves with every value.
+		for range 100 {
+			g1 := d.Read(virtio.RegConfigGeneration)
+			v := d.Read(virtio.RegConfig)
+			if g2 := d.Read(virtio.RegConfigGeneration); g1 == g2 && v != g1 {
+				t.Fatalf("generation %d with value %d", g1, v)
+			}
+		}
+		done := make(chan struct{})
+		go func() { d.Write(virtio.RegStatus, 0); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("reset hung while the device changed its configuration")
+		}
 	}
 }

@@ -71,11 +71,11 @@ func virtioCmdline(slots []*slot) string {
 	return b.String()
 }
 
-// openDevices checks the specs against each other and opens them in
-// order. On error, what was opened is closed again.
-func openDevices(specs []Device) ([]*slot, error) {
+// checkDevices checks the specs against each other: how many, and that no
+// two claim one resource.
+func checkDevices(specs []Device) error {
 	if len(specs) > MaxDevices {
-		return nil, fmt.Errorf("%d virtio devices requested; capsule supports at most %d", len(specs), MaxDevices)
+		return fmt.Errorf("%d virtio devices requested; capsule supports at most %d", len(specs), MaxDevices)
 	}
 	owner := map[string]Device{}
 	for _, s := range specs {
@@ -85,11 +85,20 @@ func openDevices(specs []Device) ([]*slot, error) {
 		}
 		if o, ok := owner[x]; ok {
 			if o.String() == s.String() {
-				return nil, fmt.Errorf("%s given twice", s)
+				return fmt.Errorf("%s given twice", s)
 			}
-			return nil, fmt.Errorf("%s and %s: a VM can use %s only once", o, s, x)
+			return fmt.Errorf("%s and %s: a VM can use %s only once", o, s, x)
 		}
 		owner[x] = s
+	}
+	return nil
+}
+
+// openDevices checks the specs and opens them in order. On error, what
+// was opened is closed again.
+func openDevices(specs []Device) ([]*slot, error) {
+	if err := checkDevices(specs); err != nil {
+		return nil, err
 	}
 	var slots []*slot
 	for i, s := range specs {
@@ -158,15 +167,22 @@ func (v *VM) wireVirtio(log io.Writer) error {
 	return nil
 }
 
-// ConfigChanged tells the driver of device n (its slot) that the
-// device's configuration space changed: the transport raises a
-// configuration-change interrupt. A balloon's target or a shared
-// filesystem's tag uses it.
-func (v *VM) ConfigChanged(n int) error {
-	if n < 0 || n >= len(v.slots) || v.slots[n].mmio == nil {
+// ConfigChanged changes the configuration space of device n (its slot):
+// update runs under the transport's configuration-space lock with a new
+// configuration generation, and the driver gets a configuration-change
+// interrupt (see virtio.MMIO.ConfigChanged). A balloon's new target goes
+// to the guest this way. Call it between New and Close.
+func (v *VM) ConfigChanged(n int, update func()) error {
+	v.mu.Lock()
+	var m *virtio.MMIO
+	if n >= 0 && n < len(v.slots) {
+		m = v.slots[n].mmio
+	}
+	v.mu.Unlock()
+	if m == nil {
 		return fmt.Errorf("vmm: no virtio device in slot %d", n)
 	}
-	v.slots[n].mmio.ConfigChanged()
+	m.ConfigChanged(update)
 	return nil
 }
 

@@ -6,7 +6,9 @@ import (
 	"testing"
 
 	"github.com/capsule-vm/capsule/bootloader"
+	"github.com/capsule-vm/capsule/devices"
 	"github.com/capsule-vm/capsule/kvm"
+	"github.com/capsule-vm/capsule/machine"
 )
 
 func TestLinuxOnPVMIsRefusedAtOnce(t *testing.T) {
@@ -58,5 +60,12 @@ func TestReasonNames(t *testing.T) {
 	}
 	if s := Reason(99).String(); s != "Reason(99)" {
 		t.Errorf("unknown reason: %q", s)
+	}
+}
+
+// The DSDT describes the pvpanic device where the bus puts it.
+func TestPVPanicPortAgrees(t *testing.T) {
+	if machine.PVPanicPort != devices.PVPanicPort {
+		t.Fatalf("DSDT pvpanic port %#x, device at %#x", machine.PVPanicPort, devices.PVPanicPort)
 	}
 }

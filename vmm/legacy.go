@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/capsule-vm/capsule/devices"
 	"github.com/capsule-vm/capsule/kvm"
@@ -20,6 +21,7 @@ func (l irqLine) SetLevel(high bool) error { return l.vm.SetIRQLine(l.irq, high)
 // RTC, the ACPI PM1a registers, QEMU's debug-exit and pvpanic ports, and
 // PCI configuration mechanism #1 with an empty bus.
 func (v *VM) addLegacyDevices() error {
+	var crashLoaded sync.Once // a guest may write the event any number of times
 	v.serial = devices.NewSerial(v.cfg.Console, irqLine{v.vm, devices.COM1IRQ})
 	for _, d := range []struct {
 		base, size uint64
@@ -36,7 +38,9 @@ func (v *VM) addLegacyDevices() error {
 			OnPanic: func() {
 				v.stop(Result{Reason: ReasonPanic, Status: StatusPanic, Detail: "the guest reported a panic (pvpanic)"})
 			},
-			OnCrashLoaded: func() { fmt.Fprintln(v.cfg.Log, "capsule: the guest loaded a crash kernel (pvpanic)") },
+			OnCrashLoaded: func() {
+				crashLoaded.Do(func() { fmt.Fprintln(v.cfg.Log, "capsule: the guest loaded a crash kernel (pvpanic)") })
+			},
 		}},
 		{devices.PCIConfigAddress, devices.PCIConfigPorts, &devices.PCIHostBridge{}},
 	} {

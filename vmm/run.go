@@ -181,13 +181,9 @@ func (v *VM) handleMMIO(e *kvm.MMIOExit) {
 // what it holds then is the reset state, not the state at the fault: the
 // report says so rather than show those registers as the fault's.
 func shutdownState(c *kvm.VCPU) string {
-	r, err := c.Regs()
+	r, s, err := registers(c)
 	if err != nil {
-		return "registers unavailable: " + err.Error()
-	}
-	s, err := c.Sregs()
-	if err != nil {
-		return "special registers unavailable: " + err.Error()
+		return err.Error()
 	}
 	if isResetState(r, s) {
 		return "registers not shown: KVM re-initialised the vCPU before reporting the shutdown (as it does on AMD), " +
@@ -204,15 +200,24 @@ func isResetState(r kvm.Regs, s kvm.Sregs) bool {
 
 // dumpState formats a vCPU's registers for a crash report.
 func dumpState(c *kvm.VCPU) string {
+	r, s, err := registers(c)
+	if err != nil {
+		return err.Error()
+	}
+	return formatState(r, s)
+}
+
+// registers reads a vCPU's general and special registers.
+func registers(c *kvm.VCPU) (kvm.Regs, kvm.Sregs, error) {
 	r, err := c.Regs()
 	if err != nil {
-		return "registers unavailable: " + err.Error()
+		return r, kvm.Sregs{}, fmt.Errorf("registers unavailable: %w", err)
 	}
 	s, err := c.Sregs()
 	if err != nil {
-		return "special registers unavailable: " + err.Error()
+		return r, s, fmt.Errorf("special registers unavailable: %w", err)
 	}
-	return formatState(r, s)
+	return r, s, nil
 }
 
 func formatState(r kvm.Regs, s kvm.Sregs) string {

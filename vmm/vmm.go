@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -73,7 +74,10 @@ func CheckMemory(mib int) error {
 const (
 	StatusTripleFault = 125 // KVM_EXIT_SHUTDOWN
 	StatusCrash       = 126 // entry failure, KVM internal error, unhandled exit
-	StatusPanic       = 127 // the guest reported a panic through pvpanic
+	// StatusPanic: the guest reported a panic through pvpanic. Even, so
+	// that no isa-debug-exit status ((v << 1) | 1, always odd) is taken
+	// for it, and clear of the shell's 126-127.
+	StatusPanic = 122
 )
 
 // Reason is why a VM stopped.
@@ -162,6 +166,14 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Kernel == "" {
 		return nil, errors.New("no kernel given")
 	}
+	if err := checkDevices(cfg.Devices); err != nil {
+		return nil, err
+	}
+	// A mistyped kernel path is reported before any device exists (a TAP
+	// created, a socket bound); the kernel is read in full later.
+	if _, err := os.Stat(cfg.Kernel); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, bootloader.ErrNotFound)
+	}
 	slots, err := openDevices(cfg.Devices)
 	if err != nil {
 		return nil, err
@@ -228,8 +240,11 @@ func (v *VM) Info() bootloader.Info { return v.info }
 // Close stops the devices and releases their back ends (flushing disks),
 // the vCPUs, the VM, /dev/kvm and guest memory.
 func (v *VM) Close() error {
-	errs := []error{closeDevices(v.slots)}
+	v.mu.Lock()
+	slots := v.slots
 	v.slots = nil
+	v.mu.Unlock()
+	errs := []error{closeDevices(slots)}
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close()) // closes the vCPUs too
 		v.vm = nil

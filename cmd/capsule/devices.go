@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -32,6 +33,9 @@ type givenDevice struct {
 func (d *deviceFlags) Devices() ([]vmm.Device, error) {
 	var specs []vmm.Device
 	for _, g := range d.given {
+		if g.parse == nil {
+			continue // a boolean device flag turned off again
+		}
 		spec, err := g.parse(g.val)
 		if err != nil {
 			return nil, err
@@ -57,27 +61,33 @@ func (f *deviceFlag) Set(s string) error {
 	return nil
 }
 
-// boolDeviceFlag is a device flag without a value, such as --rng.
+// boolDeviceFlag is a device flag without a value, such as --rng: the
+// device is added once, where the flag first turned it on, and the last
+// value given wins (--rng --rng=false adds none).
 type boolDeviceFlag struct {
 	all *deviceFlags
 	dev vmm.Device
-	set bool
+	at  int // index in all.given, or -1
 }
 
-func (f *boolDeviceFlag) String() string   { return strconv.FormatBool(f.set) }
+func (f *boolDeviceFlag) String() string   { return strconv.FormatBool(f.at >= 0) }
 func (f *boolDeviceFlag) Type() string     { return "bool" }
 func (f *boolDeviceFlag) IsBoolFlag() bool { return true }
 
 func (f *boolDeviceFlag) Set(s string) error {
 	on, err := strconv.ParseBool(s)
 	if err != nil {
-		return err
+		return errors.New("want true or false")
 	}
-	if on && !f.set {
+	switch {
+	case on && f.at < 0:
 		dev := f.dev
+		f.at = len(f.all.given)
 		f.all.given = append(f.all.given, givenDevice{func(string) (vmm.Device, error) { return dev, nil }, s})
+	case !on && f.at >= 0:
+		f.all.given[f.at].parse = nil // dropped
+		f.at = -1
 	}
-	f.set = f.set || on
 	return nil
 }
 
@@ -98,7 +108,7 @@ func (d *deviceFlags) add(fs *pflag.FlagSet) {
 		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
 		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
 		"UDS_PATH_P, where a host program listens")
-	fs.Var(&boolDeviceFlag{all: d, dev: vmm.RNG{}}, "rng", "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
+	fs.Var(&boolDeviceFlag{all: d, dev: vmm.RNG{}, at: -1}, "rng", "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
 	fs.Lookup("rng").NoOptDefVal = "true"
 }
 

@@ -109,7 +109,7 @@ func help(args []string, stdout, stderr io.Writer) int {
 	case len(args) > 1:
 		fmt.Fprintf(stderr, "capsule help: unexpected argument %q: help takes one command (run 'capsule help')\n", args[1])
 		return statusUsage
-	case len(args) == 0 || args[0] == "help":
+	case len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		usage(stdout)
 		return 0
 	}

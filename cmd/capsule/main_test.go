@@ -44,7 +44,7 @@ func TestUserErrorsAreOneLine(t *testing.T) {
 		{"bad disk option", []string{"run", "--kernel", "x", "--disk", "a.img,rx"}, `unknown option "rx"`},
 		{"invalid MAC", []string{"run", "--kernel", "x", "--net", "user,mac=02:zz:00:00:00:01"}, "invalid MAC address"},
 		{"unknown net option", []string{"run", "--kernel", "x", "--net", "user,bogus=1"}, `unknown option "bogus"`},
-		{"host port in use", []string{"run", "--kernel", "x", "--net", fmt.Sprintf("user,hostfwd=tcp::%d-:80", busyPort)}, "is in use"},
+		{"host port in use", []string{"run", "--kernel", "../../testdata/guests/hello.S", "--net", fmt.Sprintf("user,hostfwd=tcp::%d-:80", busyPort)}, "is in use"},
 		{"bad vsock CID", []string{"run", "--kernel", "x", "--vsock", "2,/tmp/v.sock"}, "0-2 are reserved"},
 		{"two vsock devices", []string{"run", "--kernel", "x", "--vsock", "3,/tmp/a", "--vsock", "4,/tmp/b"}, "one vsock device"},
 		{"disk given twice", []string{"run", "--kernel", "x", "--disk", "a.img,ro", "--disk", "a.img"}, "given twice"},

@@ -48,7 +48,11 @@ func report(w io.Writer, h vmm.HostInfo) {
 		if h.Nested != "" {
 			nested = ", nested=" + h.Nested
 		}
-		fmt.Fprintf(w, "kvm: hardware (kvm_%s%s)\n", h.Vendor, nested)
+		module := "built-in"
+		if h.Vendor != "" {
+			module = "kvm_" + h.Vendor
+		}
+		fmt.Fprintf(w, "kvm: hardware (%s%s)\n", module, nested)
 	case vmm.KVMPVM:
 		fmt.Fprintf(w, "kvm: pvm (kvm_pvm: guest supervisor mode is emulated, about 1M instructions/s)\n")
 	default:

@@ -42,7 +42,7 @@ a Ctrl-A to the guest).
 capsule exits with the status the guest writes to I/O port 0xf4, with
 (v << 1) | 1 when it writes v to QEMU's isa-debug-exit port 0x501, with 0
 when the guest reboots or powers off, 124 when --timeout expires, 125 when
-the guest triple-faults, 126 when a vCPU cannot go on, 127 when the guest
+the guest triple-faults, 126 when a vCPU cannot go on, 122 when the guest
 reports a panic (pvpanic, port 0x505), 128+N after signal N, 1 when capsule
 itself fails, and 2 when it is invoked wrongly (an unknown flag, a bad
 value, a stray argument, no --kernel). A summary with the boot time (the
@@ -124,6 +124,7 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	if err != nil {
 		return err
 	}
+	defer con.stop() // on every path, a panic included; stop runs once
 	res, runErr := vm.Run(ctx)
 	con.stop() // restores the terminal before anything is printed
 	if runErr != nil {

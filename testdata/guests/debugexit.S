@@ -19,8 +19,8 @@
  *   gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld \
  *       -Wl,--build-id=none -o testdata/guests/debugexit.elf testdata/guests/debugexit.S
  *
- * Only block comments here: the file goes through cpp when built by gcc
- * and straight to as otherwise.
+ * Only block comments here: gcc puts the file through cpp (as it does
+ * every .S file), which also brings in #include "lib64.inc".
  */
 	.intel_syntax noprefix
 	.code64
@@ -60,6 +60,7 @@ _start:
 .Lparse:
 	mov	rsi, r12
 	mov	rcx, r13
+	mov	r8d, 1			/* default value 1 */
 	call	parse_exit
 	mov	r14d, eax		/* r14: the value to write */
 
@@ -81,84 +82,6 @@ _start:
 	jmp	.Lhalt
 	.size	_start, . - _start
 
-/*
- * puts writes rcx bytes from [rsi] to COM1, one OUT per byte.
- * Clobbers rax, rcx, rdx, rsi.
- */
-	.text
-	.type	puts, @function
-puts:
-	mov	edx, 0x3f8
-	jrcxz	.Lputs_done
-.Lputs_loop:
-	lodsb
-	out	dx, al
-	loop	.Lputs_loop
-.Lputs_done:
-	ret
-	.size	puts, . - puts
-
-/*
- * parse_exit scans the rcx-byte command line at [rsi] for tokens
- * (separated by bytes <= 0x20) of the form "exit=N", N decimal, 0 to 255,
- * and returns in eax the N of the last valid one, or 1.
- * Clobbers rax, rcx, rdx, rsi, r8, r9.
- */
-	.type	parse_exit, @function
-parse_exit:
-	mov	r8d, 1			/* r8: result so far */
-.Lskip_space:				/* move to the start of the next token */
-	test	rcx, rcx
-	jz	.Lparse_done
-	cmp	byte ptr [rsi], 0x20
-	ja	.Ltoken
-	inc	rsi
-	dec	rcx
-	jmp	.Lskip_space
-.Ltoken:
-	cmp	rcx, 5
-	jb	.Lskip_token
-	cmp	dword ptr [rsi], 0x74697865	/* "exit" */
-	jne	.Lskip_token
-	cmp	byte ptr [rsi + 4], 0x3d	/* '=' */
-	jne	.Lskip_token
-	add	rsi, 5
-	sub	rcx, 5
-	xor	edx, edx		/* edx: value */
-	xor	r9d, r9d		/* r9: number of digits */
-.Ldigit:
-	test	rcx, rcx
-	jz	.Lnumber_end
-	movzx	eax, byte ptr [rsi]
-	cmp	al, 0x20
-	jbe	.Lnumber_end
-	sub	al, 0x30		/* '0' */
-	cmp	al, 9
-	ja	.Lskip_token		/* not a digit: ignore the token */
-	imul	edx, edx, 10
-	add	edx, eax
-	cmp	edx, 255
-	ja	.Lskip_token		/* too large: ignore the token */
-	inc	r9d
-	inc	rsi
-	dec	rcx
-	jmp	.Ldigit
-.Lnumber_end:
-	test	r9d, r9d
-	jz	.Lskip_space		/* "exit=" alone: ignore */
-	mov	r8d, edx
-	jmp	.Lskip_space
-.Lskip_token:				/* move past the rest of the token */
-	test	rcx, rcx
-	jz	.Lparse_done
-	cmp	byte ptr [rsi], 0x20
-	jbe	.Lskip_space
-	inc	rsi
-	dec	rcx
-	jmp	.Lskip_token
-.Lparse_done:
-	mov	eax, r8d
-	ret
-	.size	parse_exit, . - parse_exit
+#include "lib64.inc"
 
 	.section .note.GNU-stack, "", @progbits

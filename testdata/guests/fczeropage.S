@@ -25,8 +25,8 @@
  *   gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld \
  *       -Wl,--build-id=none -o testdata/guests/fczeropage.elf testdata/guests/fczeropage.S
  *
- * Only block comments here: the file goes through cpp when built by gcc
- * and straight to as otherwise.
+ * Only block comments here: gcc puts the file through cpp (as it does
+ * every .S file), which also brings in #include "lib64.inc".
  */
 	.intel_syntax noprefix
 	.code64
@@ -180,22 +180,7 @@ _start:
 	jmp	.Lhalt
 	.size	_start, . - _start
 
-/*
- * puts writes rcx bytes from [rsi] to COM1, one OUT per byte.
- * Clobbers rax, rcx, rdx, rsi.
- */
-	.text
-	.type	puts, @function
-puts:
-	mov	edx, 0x3f8
-	jrcxz	.Lputs_done
-.Lputs_loop:
-	lodsb
-	out	dx, al
-	loop	.Lputs_loop
-.Lputs_done:
-	ret
-	.size	puts, . - puts
+#include "lib64.inc"
 
 /*
  * putz writes the NUL-terminated string at [rsi] to COM1, at most 65535

@@ -14,8 +14,8 @@
  *   gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld \
  *       -Wl,--build-id=none -o testdata/guests/pvpanic.elf testdata/guests/pvpanic.S
  *
- * Only block comments here: the file goes through cpp when built by gcc
- * and straight to as otherwise.
+ * Only block comments here: gcc puts the file through cpp (as it does
+ * every .S file), which also brings in #include "lib64.inc".
  */
 	.intel_syntax noprefix
 	.code64
