@@ -9,7 +9,9 @@
 //     the stream.
 //   - Guest to host: a guest connection to CID 2 (the host), port P, is
 //     connected to the Unix socket PATH_P, which a host program listens on;
-//     the guest sees a refusal when nothing does.
+//     the guest sees a refusal when nothing does, and when the socket or
+//     the program listening on it belongs to another user than capsule's
+//     (root excepted).
 //
 // # Bounds
 //
@@ -34,22 +36,35 @@
 // Connections take turns for the guest's receive buffers, so a connection
 // the guest stops reading (no credit) stalls only itself, and a guest that
 // reads nothing at all stalls only its own device.
+//
+// # Host files
+//
+// PATH is created with mode SocketMode (0600) whatever the umask, in a
+// directory that belongs to capsule's user or root and that other users
+// cannot write unless it is sticky (/tmp). A stale socket at PATH is
+// replaced only when it is capsule's user's own and nobody listens on it;
+// nothing else is ever removed, and Close removes the socket capsule made.
+//
+// A CID is locked while a VM uses it by binding the abstract Unix socket
+// name "@capsule-vsock-cid-<CID>": no file is involved, the name goes
+// away with the process, and a second Open of the CID fails. Abstract
+// names belong to a network namespace: VMs in different network
+// namespaces do not see each other's locks.
 package vsock
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/capsule-vm/capsule/internal/ofdlock"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -93,8 +108,9 @@ type Device struct {
 	cid     uint64
 	path    string
 	ln      *net.UnixListener
+	sockID  fileID        // the socket file made, removed by Close
 	done    chan struct{} // closed by Close
-	cidLock *os.File      // the host-wide lock of the CID
+	cidLock int           // the socket holding the CID's lock
 
 	mu       sync.Mutex
 	cond     sync.Cond // on mu: held data released, connection closed
@@ -115,16 +131,19 @@ type Device struct {
 	held     int           // host data held for the guest, all connections
 	wake     chan struct{} // something was queued
 
-	droppedResets uint64
+	droppedResets  uint64
+	refusedSockets uint64
+	warnOnce       sync.Once
 }
 
 // Stats is what a device holds and has refused.
 type Stats struct {
-	Conns         int    // live connections
-	Buffered      int    // host data held for the guest (at most MaxDeviceBuffered)
-	Ready         int    // connections with packets owed to the guest
-	PendingResets int    // resets queued for gone connections (at most MaxPendingResets)
-	DroppedResets uint64 // resets dropped because the queue was full
+	Conns          int    // live connections
+	Buffered       int    // host data held for the guest (at most MaxDeviceBuffered)
+	Ready          int    // connections with packets owed to the guest
+	PendingResets  int    // resets queued for gone connections (at most MaxPendingResets)
+	DroppedResets  uint64 // resets dropped because the queue was full
+	RefusedSockets uint64 // guest connections refused: PATH_P is another user's
 }
 
 // Stats returns the device's current counts.
@@ -133,7 +152,7 @@ func (d *Device) Stats() Stats {
 	defer d.mu.Unlock()
 	return Stats{
 		Conns: len(d.live), Buffered: d.held, Ready: len(d.readyq), PendingResets: len(d.resets),
-		DroppedResets: d.droppedResets,
+		DroppedResets: d.droppedResets, RefusedSockets: d.refusedSockets,
 	}
 }
 
@@ -145,33 +164,10 @@ func ValidateCID(cid uint64) error {
 	return nil
 }
 
-// cidLockDir holds one lock file per CID in use by a capsule VM on this
-// host, so that two VMs do not claim the same guest address.
-var cidLockDir = filepath.Join(os.TempDir(), "capsule-vsock-cids")
-
-// lockCID takes the host-wide lock of cid, held until the file is closed.
-func lockCID(cid uint64) (*os.File, error) {
-	if err := os.MkdirAll(cidLockDir, 0o1777); err != nil {
-		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
-	}
-	f, err := os.OpenFile(filepath.Join(cidLockDir, strconv.FormatUint(cid, 10)), os.O_RDWR|os.O_CREATE, 0o666)
-	if err != nil {
-		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
-	}
-	if err := ofdlock.Lock(f, true); err != nil {
-		f.Close()
-		if errors.Is(err, ofdlock.ErrBusy) {
-			return nil, fmt.Errorf("vsock CID %d is in use by another capsule VM on this host", cid)
-		}
-		return nil, fmt.Errorf("vsock CID %d: lock: %w", cid, err)
-	}
-	return f, nil
-}
-
 // Open creates the device for guest cid, listening on the Unix socket
-// path. A stale socket file at path is replaced; a live one, or any
-// other file, is an error, and so is a CID another capsule VM on this
-// host uses.
+// path (see the package documentation for what is refused). A stale
+// socket of this user's at path is replaced; anything else there is an
+// error, and so is a CID another capsule VM on this host uses.
 func Open(cid uint64, path string) (*Device, error) {
 	if err := ValidateCID(cid); err != nil {
 		return nil, err
@@ -180,33 +176,13 @@ func Open(cid uint64, path string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := open(cid, path)
+	ln, id, err := listen(path)
 	if err != nil {
-		cidLock.Close()
+		syscall.Close(cidLock)
 		return nil, err
 	}
-	d.cidLock = cidLock
-	return d, nil
-}
-
-func open(cid uint64, path string) (*Device, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("vsock socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("vsock socket %s is in use: another process listens on it", path)
-		}
-		os.Remove(path) // stale, left by a process that died
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vsock socket %s: %w", path, unwrapOp(err))
-	}
-	ln.SetUnlinkOnClose(true)
 	d := &Device{
-		cid: cid, path: path, ln: ln, done: make(chan struct{}),
+		cid: cid, path: path, ln: ln, sockID: id, done: make(chan struct{}), cidLock: cidLock,
 		activeCh: make(chan struct{}), conns: map[connKey]*conn{}, live: map[*conn]struct{}{},
 		nextPort: 1 << 30, wake: make(chan struct{}, 1), resetSet: map[connKey]struct{}{},
 	}
@@ -229,14 +205,14 @@ func (d *Device) CID() uint64 { return d.cid }
 // Path is the Unix socket the device listens on.
 func (d *Device) Path() string { return d.path }
 
-// Close resets the device, stops listening and removes the socket file.
+// Close resets the device, stops listening, removes the socket file it
+// made and releases the CID.
 func (d *Device) Close() error {
 	d.Reset()
 	close(d.done)
+	d.sockID.remove(d.path)
 	err := d.ln.Close()
-	if d.cidLock != nil {
-		d.cidLock.Close()
-	}
+	syscall.Close(d.cidLock)
 	return err
 }
 
@@ -575,8 +551,21 @@ func (d *Device) connectOut(key connKey, h Header) {
 	go func() {
 		defer d.wg.Done()
 		name := d.path + "_" + strconv.FormatUint(uint64(key.local), 10)
+		if err := trustedSocket(name); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				d.refuse(err)
+			}
+			cn.reset()
+			return
+		}
 		s, err := net.DialTimeout("unix", name, handshakeTimeout)
 		if err != nil {
+			cn.reset()
+			return
+		}
+		if err := trustedPeer(s.(*net.UnixConn)); err != nil {
+			s.Close()
+			d.refuse(fmt.Errorf("socket %s: %w", name, err))
 			cn.reset()
 			return
 		}
@@ -587,6 +576,17 @@ func (d *Device) connectOut(key connKey, h Header) {
 		cn.tell(oweResponse)
 		cn.start()
 	}()
+}
+
+// refuse counts a guest connection refused because its host socket is
+// not to be trusted, and logs the first.
+func (d *Device) refuse(err error) {
+	d.mu.Lock()
+	d.refusedSockets++
+	d.mu.Unlock()
+	d.warnOnce.Do(func() {
+		slog.Warn("vsock: guest connection refused (logged once)", "cid", d.cid, "err", err)
+	})
 }
 
 // acceptLoop serves host connections to the device's socket until Close.
