@@ -2,20 +2,35 @@ package vsock
 
 import (
 	"net"
+	"slices"
 	"sync"
 )
 
+// What a connection owes the guest besides data: at most one of each, so
+// that a guest that does not read cannot make them pile up.
+const (
+	oweRequest  = 1 << iota // host-initiated: ask the guest to accept
+	oweResponse             // guest-initiated: the host side is connected
+	oweCredit               // a CREDIT_UPDATE
+	oweShutdown             // the host side closed: SHUTDOWN after the data
+)
+
 // conn is one stream between a guest port and a host Unix socket.
+//
+// Locking: c.d.mu may be held when c.mu is taken, never the reverse.
 type conn struct {
 	d    *Device
 	key  connKey
 	resp chan struct{} // host-initiated: closed on the guest's answer
+
+	queued bool // in d.ready; guarded by d.mu
 
 	mu       sync.Mutex
 	cond     sync.Cond
 	sock     *net.UnixConn
 	closed   bool
 	respOnce sync.Once
+	owe      int // owe* bits
 
 	// Guest to host: data not yet written to the socket, and the count
 	// of bytes written (fwdCnt) and last told to the guest.
@@ -24,8 +39,11 @@ type conn struct {
 	lastFwdSent uint32
 	guestDone   bool // the guest will send nothing more
 
-	// Host to guest: the guest's buffer space and how much of what was
-	// sent (rxCnt) it has consumed.
+	// Host to guest: data read from the socket and not yet in a guest
+	// buffer (at most MaxConnBuffered, counted in d.held too), the
+	// guest's buffer space and how much of what was read (rxCnt) it has
+	// consumed.
+	rdata        []byte
 	peerBufAlloc uint32
 	peerFwdCnt   uint32
 	rxCnt        uint32
@@ -58,13 +76,66 @@ func (c *conn) attach(s *net.UnixConn) bool {
 	return true
 }
 
-// credit returns the credit fields of a packet to the guest and notes the
-// forward count as told.
-func (c *conn) credit() (bufAlloc, fwdCnt uint32) {
+// tell notes that the connection owes the guest the packets in bits and
+// queues it for the receive loop.
+func (c *conn) tell(bits int) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.owe |= bits
+	c.mu.Unlock()
+	c.d.ready(c)
+}
+
+// hasWork reports whether the connection has a packet for the guest;
+// c.mu held.
+func (c *conn) hasWork() bool {
+	return !c.closed && (c.owe != 0 || len(c.rdata) > 0)
+}
+
+// next makes the connection's next packet for the guest into buf, with
+// at most max bytes of data, and returns its length (0: nothing to send),
+// the bytes of held data it released and whether more is owed. c.d.mu
+// held.
+func (c *conn) next(buf []byte, max int) (n, released int, more bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return 0, 0, false
+	}
+	h := Header{SrcCID: HostCID, DstCID: c.d.cid, SrcPort: c.key.local, DstPort: c.key.peer, Type: TypeStream}
+	var data []byte
+	switch {
+	case c.owe&oweRequest != 0:
+		h.Op, c.owe = OpRequest, c.owe&^oweRequest
+	case c.owe&oweResponse != 0:
+		h.Op, c.owe = OpResponse, c.owe&^oweResponse
+	case len(c.rdata) > 0:
+		k := min(len(c.rdata), max)
+		h.Op, data = OpRW, c.rdata[:k]
+		c.rdata = c.rdata[k:]
+		if len(c.rdata) == 0 {
+			c.rdata = c.rdata[:0:0] // let the array go
+		}
+		released = k
+		c.cond.Broadcast() // toGuest may read again
+	case c.owe&oweShutdown != 0:
+		h.Op, h.Flags, c.owe = OpShutdown, ShutdownRecv|ShutdownSend, c.owe&^oweShutdown
+	case c.owe&oweCredit != 0:
+		h.Op = OpCreditUpdate
+	default:
+		return 0, 0, false
+	}
+	// Every packet carries the credit: no separate update is owed.
+	c.owe &^= oweCredit
 	c.lastFwdSent = c.fwdCnt
-	return BufAlloc, c.fwdCnt
+	h.BufAlloc, h.FwdCnt = BufAlloc, c.fwdCnt
+	h.Len = uint32(len(data))
+	h.Put(buf)
+	n = HeaderSize + copy(buf[HeaderSize:], data)
+	return n, released, c.hasWork()
 }
 
 // peerCredit records the guest's credit fields.
@@ -75,13 +146,15 @@ func (c *conn) peerCredit(bufAlloc, fwdCnt uint32) {
 	c.mu.Unlock()
 }
 
-// room is how many bytes the guest can take now; c.mu held.
-func (c *conn) room() uint32 {
-	inFlight := c.rxCnt - c.peerFwdCnt
+// readable is how many bytes toGuest may read from the socket now: what
+// the guest's credit allows, less what is already held, up to
+// MaxConnBuffered held; c.mu held.
+func (c *conn) readable() int {
+	inFlight := c.rxCnt - c.peerFwdCnt // read, held or sent, not consumed
 	if inFlight >= c.peerBufAlloc {
 		return 0
 	}
-	return c.peerBufAlloc - inFlight
+	return min(int(min(c.peerBufAlloc-inFlight, MaxConnBuffered)), MaxConnBuffered-len(c.rdata))
 }
 
 // accepted handles the guest's RESPONSE to a host-initiated connection.
@@ -117,15 +190,19 @@ func (c *conn) shutdown(flags uint32) {
 	if flags&ShutdownSend != 0 {
 		c.guestDone = true
 	}
+	released := 0
 	if flags&ShutdownRecv != 0 {
 		c.hostStop = true
+		released = len(c.rdata)
+		c.rdata = nil
 	}
 	both := c.guestDone && c.hostStop
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	c.d.release(released)
 	if both {
 		c.forget()
-		c.d.control(OpRst, c.key.local, c.key.peer, 0, nil)
+		c.d.queueReset(c.key)
 	}
 }
 
@@ -142,19 +219,30 @@ func (c *conn) forget() {
 // close ends the connection at once: the socket is closed and queued
 // data is dropped.
 func (c *conn) close() {
-	c.forget()
-	c.d.mu.Lock()
-	delete(c.d.live, c)
-	c.d.mu.Unlock()
+	d := c.d
+	d.mu.Lock()
+	if d.conns[c.key] == c {
+		delete(d.conns, c.key)
+	}
+	delete(d.live, c)
+	if c.queued { // what it owed goes with it
+		c.queued = false
+		d.readyq = slices.DeleteFunc(d.readyq, func(q *conn) bool { return q == c })
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		d.mu.Unlock()
 		return
 	}
 	c.closed = true
+	d.held -= len(c.rdata)
+	c.rdata, c.wbuf, c.owe = nil, nil, 0
 	s := c.sock
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	d.cond.Broadcast()
+	d.mu.Unlock()
 	if s != nil {
 		s.Close()
 	}
@@ -164,7 +252,7 @@ func (c *conn) close() {
 // reset closes the connection and tells the guest so.
 func (c *conn) reset() {
 	c.close()
-	c.d.control(OpRst, c.key.local, c.key.peer, 0, nil)
+	c.d.queueReset(c.key)
 }
 
 // start runs the connection's two pumps; the caller holds a count on
@@ -174,37 +262,46 @@ func (c *conn) start() {
 	c.d.wg.Go(c.toHost)
 }
 
-// toGuest reads the socket, as far as the guest's credit allows, into
-// packets for the guest. End of file becomes a SHUTDOWN.
+// toGuest reads the socket, as far as the guest's credit and the bounds
+// on held data allow, for the guest. End of file becomes a SHUTDOWN.
+// While nothing may be read the socket is not read, so the host program
+// writing to it blocks.
 func (c *conn) toGuest() {
 	buf := make([]byte, readChunk)
 	for {
 		c.mu.Lock()
-		for !c.closed && !c.hostStop && c.room() == 0 {
+		for !c.closed && !c.hostStop && c.readable() == 0 {
 			c.cond.Wait()
 		}
 		if c.closed || c.hostStop {
 			c.mu.Unlock()
 			return
 		}
-		n := min(c.room(), readChunk)
+		n := min(c.readable(), readChunk)
 		s := c.sock
 		c.mu.Unlock()
+		n = c.d.reserve(c, n)
+		if n == 0 {
+			return // closed
+		}
 		k, err := s.Read(buf[:n])
-		if k > 0 {
-			c.mu.Lock()
+		kept := 0
+		c.mu.Lock()
+		if k > 0 && !c.closed && !c.hostStop {
+			c.rdata = append(c.rdata, buf[:k]...)
 			c.rxCnt += uint32(k)
-			c.mu.Unlock()
-			c.d.enqueue(&packet{
-				hdr: Header{SrcCID: HostCID, DstCID: c.d.cid, SrcPort: c.key.local, DstPort: c.key.peer,
-					Type: TypeStream, Op: OpRW},
-				data: append([]byte(nil), buf[:k]...), c: c,
-			})
+			kept = k
+		}
+		closed := c.closed
+		c.mu.Unlock()
+		c.d.release(n - kept)
+		if kept > 0 {
+			c.d.ready(c)
 		}
 		if err != nil {
-			if !c.isClosed() {
+			if !closed {
 				// The host side closed: neither direction goes on.
-				c.d.control(OpShutdown, c.key.local, c.key.peer, ShutdownRecv|ShutdownSend, c)
+				c.tell(oweShutdown)
 			}
 			return
 		}
@@ -247,7 +344,7 @@ func (c *conn) toHost() {
 		update := c.fwdCnt-c.lastFwdSent >= BufAlloc/2
 		c.mu.Unlock()
 		if update {
-			c.d.control(OpCreditUpdate, c.key.local, c.key.peer, 0, c)
+			c.tell(oweCredit)
 		}
 	}
 }

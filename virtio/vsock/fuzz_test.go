@@ -51,6 +51,7 @@ func FuzzPacket(f *testing.F) {
 	}
 	f.Cleanup(func() { mem.Close() })
 	a := virtio.Activation{Mem: mem}
+	buf := make([]byte, HeaderSize+maxPacketData)
 	f.Fuzz(func(t *testing.T, p1, p2 []byte) {
 		d.mu.Lock()
 		d.active, d.stop = true, make(chan struct{})
@@ -69,14 +70,14 @@ func FuzzPacket(f *testing.F) {
 			c := virtio.Chain{Readable: []virtio.Buffer{{Addr: 0x1000, Len: uint32(len(p))}}}
 			d.handleTx(a, c, nil)
 		}
-		d.mu.Lock()
-		pending := d.pending
-		d.pending = nil
-		d.mu.Unlock()
-		for _, p := range pending {
-			if p.hdr.SrcCID != HostCID || p.hdr.DstCID != cid {
-				t.Errorf("answer from %d to %d", p.hdr.SrcCID, p.hdr.DstCID)
+		for n := d.take(buf, maxPacketData); n > 0; n = d.take(buf, maxPacketData) {
+			h, _ := ParseHeader(buf[:n])
+			if h.SrcCID != HostCID || h.DstCID != cid {
+				t.Errorf("answer from %d to %d", h.SrcCID, h.DstCID)
 			}
+		}
+		if s := d.Stats(); s.PendingResets > MaxPendingResets || s.Buffered > MaxDeviceBuffered {
+			t.Errorf("stats %+v beyond the bounds", s)
 		}
 		d.Reset()
 	})

@@ -9,29 +9,62 @@
 //     the stream.
 //   - Guest to host: a guest connection to CID 2 (the host), port P, is
 //     connected to the Unix socket PATH_P, which a host program listens on;
-//     the guest sees a refusal when nothing does.
+//     the guest sees a refusal when nothing does, and when the socket or
+//     the program listening on it belongs to another user than capsule's
+//     (root excepted).
 //
-// Flow control follows the virtio-vsock credit scheme: capsule buffers at
-// most BufAlloc bytes per connection in each direction, and a guest that
-// sends beyond its credit, sends malformed packets or claims another CID
-// gets its connection reset; nothing it sends can make capsule allocate
-// without bound or stop serving other connections.
+// # Bounds
+//
+// Nothing a guest sends or fails to read makes capsule hold more than
+// fixed amounts, whatever credit the guest advertises:
+//
+//   - Guest to host: the guest may send BufAlloc bytes per connection
+//     beyond what the host program has read (the credit capsule gives); a
+//     guest that sends more is reset. At most MaxConns connections are
+//     live at once.
+//   - Host to guest: capsule reads a host socket only while the guest's
+//     credit allows, and holds at most MaxConnBuffered bytes of a
+//     connection's data, and MaxDeviceBuffered bytes over all of a
+//     device's connections, waiting for guest receive buffers; past that
+//     it stops reading, so the host program's writes block.
+//   - Control packets: a connection owes the guest at most one packet of
+//     each kind (request or response, credit update, shutdown), and resets
+//     for connections capsule no longer has wait in a queue of at most
+//     MaxPendingResets, one per port pair; the excess is dropped and
+//     counted (Stats).
+//
+// Connections take turns for the guest's receive buffers, so a connection
+// the guest stops reading (no credit) stalls only itself, and a guest that
+// reads nothing at all stalls only its own device.
+//
+// # Host files
+//
+// PATH is created with mode SocketMode (0600) whatever the umask, in a
+// directory that belongs to capsule's user or root and that other users
+// cannot write unless it is sticky (/tmp). A stale socket at PATH is
+// replaced only when it is capsule's user's own and nobody listens on it;
+// nothing else is ever removed, and Close removes the socket capsule made.
+//
+// A CID is locked while a VM uses it by binding the abstract Unix socket
+// name "@capsule-vsock-cid-<CID>": no file is involved, the name goes
+// away with the process, and a second Open of the CID fails. Abstract
+// names belong to a network namespace: VMs in different network
+// namespaces do not see each other's locks.
 package vsock
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/capsule-vm/capsule/internal/ofdlock"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -39,12 +72,24 @@ const (
 	// QueueSize is the size of each of the three queues.
 	QueueSize = 256
 	// BufAlloc is the buffer space capsule offers each connection for
-	// data from the guest.
+	// data from the guest: the most guest data it holds per connection.
 	BufAlloc = 256 << 10
-	// MaxConns bounds the open connections of one device.
+	// MaxConnBuffered is the most host data capsule holds for one
+	// connection waiting for guest receive buffers (less when the guest's
+	// credit is smaller).
+	MaxConnBuffered = 256 << 10
+	// MaxDeviceBuffered is the most host data capsule holds for all
+	// connections of one device waiting for guest receive buffers.
+	MaxDeviceBuffered = 4 << 20
+	// MaxPendingResets is the most resets queued for a guest for
+	// connections capsule no longer has; more are dropped and counted.
+	MaxPendingResets = 256
+	// MaxConns bounds the live connections of one device.
 	MaxConns = 1024
-	// readChunk is the most host data put in one packet to the guest.
-	readChunk = 4096
+	// readChunk is the most host data read from a socket at once.
+	readChunk = 16 << 10
+	// maxPacketData is the most data put in one packet to the guest.
+	maxPacketData = 64 << 10
 	// handshakeTimeout bounds the CONNECT line and the guest's answer.
 	handshakeTimeout = 10 * time.Second
 
@@ -63,26 +108,52 @@ type Device struct {
 	cid     uint64
 	path    string
 	ln      *net.UnixListener
+	sockID  fileID        // the socket file made, removed by Close
 	done    chan struct{} // closed by Close
-	cidLock *os.File      // the host-wide lock of the CID
+	cidLock int           // the socket holding the CID's lock
 
 	mu       sync.Mutex
+	cond     sync.Cond // on mu: held data released, connection closed
 	active   bool
 	activeCh chan struct{} // closed on activation
 	stop     chan struct{}
 	conns    map[connKey]*conn  // by ports
 	live     map[*conn]struct{} // every connection not yet closed
 	nextPort uint32
-	pending  []*packet
-	wake     chan struct{}
 	wg       sync.WaitGroup // workers and connection goroutines
+
+	// What the guest is owed, taken by the receive loop: connections
+	// with packets for it, each once and in turn, and resets for
+	// connections capsule no longer has.
+	readyq   []*conn
+	resets   []connKey
+	resetSet map[connKey]struct{}
+	held     int           // host data held for the guest, all connections
+	wake     chan struct{} // something was queued
+
+	droppedResets  uint64
+	refusedSockets uint64
+	warnOnce       sync.Once
 }
 
-// packet is a packet waiting for a guest receive buffer.
-type packet struct {
-	hdr  Header
-	data []byte
-	c    *conn // the connection whose credit fields to fill, or nil
+// Stats is what a device holds and has refused.
+type Stats struct {
+	Conns          int    // live connections
+	Buffered       int    // host data held for the guest (at most MaxDeviceBuffered)
+	Ready          int    // connections with packets owed to the guest
+	PendingResets  int    // resets queued for gone connections (at most MaxPendingResets)
+	DroppedResets  uint64 // resets dropped because the queue was full
+	RefusedSockets uint64 // guest connections refused: PATH_P is another user's
+}
+
+// Stats returns the device's current counts.
+func (d *Device) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return Stats{
+		Conns: len(d.live), Buffered: d.held, Ready: len(d.readyq), PendingResets: len(d.resets),
+		DroppedResets: d.droppedResets, RefusedSockets: d.refusedSockets,
+	}
 }
 
 // ValidateCID checks a guest CID: 0-2 are reserved and 2^32-1 means any.
@@ -93,33 +164,10 @@ func ValidateCID(cid uint64) error {
 	return nil
 }
 
-// cidLockDir holds one lock file per CID in use by a capsule VM on this
-// host, so that two VMs do not claim the same guest address.
-var cidLockDir = filepath.Join(os.TempDir(), "capsule-vsock-cids")
-
-// lockCID takes the host-wide lock of cid, held until the file is closed.
-func lockCID(cid uint64) (*os.File, error) {
-	if err := os.MkdirAll(cidLockDir, 0o1777); err != nil {
-		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
-	}
-	f, err := os.OpenFile(filepath.Join(cidLockDir, strconv.FormatUint(cid, 10)), os.O_RDWR|os.O_CREATE, 0o666)
-	if err != nil {
-		return nil, fmt.Errorf("vsock CID %d: %w", cid, err)
-	}
-	if err := ofdlock.Lock(f, true); err != nil {
-		f.Close()
-		if errors.Is(err, ofdlock.ErrBusy) {
-			return nil, fmt.Errorf("vsock CID %d is in use by another capsule VM on this host", cid)
-		}
-		return nil, fmt.Errorf("vsock CID %d: lock: %w", cid, err)
-	}
-	return f, nil
-}
-
 // Open creates the device for guest cid, listening on the Unix socket
-// path. A stale socket file at path is replaced; a live one, or any
-// other file, is an error, and so is a CID another capsule VM on this
-// host uses.
+// path (see the package documentation for what is refused). A stale
+// socket of this user's at path is replaced; anything else there is an
+// error, and so is a CID another capsule VM on this host uses.
 func Open(cid uint64, path string) (*Device, error) {
 	if err := ValidateCID(cid); err != nil {
 		return nil, err
@@ -128,36 +176,17 @@ func Open(cid uint64, path string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := open(cid, path)
+	ln, id, err := listen(path)
 	if err != nil {
-		cidLock.Close()
+		syscall.Close(cidLock)
 		return nil, err
 	}
-	d.cidLock = cidLock
-	return d, nil
-}
-
-func open(cid uint64, path string) (*Device, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("vsock socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("vsock socket %s is in use: another process listens on it", path)
-		}
-		os.Remove(path) // stale, left by a process that died
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vsock socket %s: %w", path, unwrapOp(err))
-	}
-	ln.SetUnlinkOnClose(true)
 	d := &Device{
-		cid: cid, path: path, ln: ln, done: make(chan struct{}),
+		cid: cid, path: path, ln: ln, sockID: id, done: make(chan struct{}), cidLock: cidLock,
 		activeCh: make(chan struct{}), conns: map[connKey]*conn{}, live: map[*conn]struct{}{},
-		nextPort: 1 << 30, wake: make(chan struct{}, 1),
+		nextPort: 1 << 30, wake: make(chan struct{}, 1), resetSet: map[connKey]struct{}{},
 	}
+	d.cond.L = &d.mu
 	go d.acceptLoop()
 	return d, nil
 }
@@ -176,14 +205,14 @@ func (d *Device) CID() uint64 { return d.cid }
 // Path is the Unix socket the device listens on.
 func (d *Device) Path() string { return d.path }
 
-// Close resets the device, stops listening and removes the socket file.
+// Close resets the device, stops listening, removes the socket file it
+// made and releases the CID.
 func (d *Device) Close() error {
 	d.Reset()
 	close(d.done)
+	d.sockID.remove(d.path)
 	err := d.ln.Close()
-	if d.cidLock != nil {
-		d.cidLock.Close()
-	}
+	syscall.Close(d.cidLock)
 	return err
 }
 
@@ -241,7 +270,11 @@ func (d *Device) Reset() {
 		conns = append(conns, c)
 	}
 	d.conns = map[connKey]*conn{}
-	d.pending = nil
+	for _, c := range d.readyq {
+		c.queued = false
+	}
+	d.readyq, d.resets = nil, nil
+	clear(d.resetSet)
 	d.activeCh = make(chan struct{})
 	d.mu.Unlock()
 	for _, c := range conns {
@@ -250,108 +283,189 @@ func (d *Device) Reset() {
 	d.wg.Wait()
 }
 
-// enqueue queues p for the guest; packets are dropped while the device is
-// not active.
-func (d *Device) enqueue(p *packet) {
-	d.mu.Lock()
-	if !d.active {
-		d.mu.Unlock()
-		return
-	}
-	d.pending = append(d.pending, p)
-	d.mu.Unlock()
+// signal wakes the receive loop.
+func (d *Device) signal() {
 	select {
 	case d.wake <- struct{}{}:
 	default:
 	}
 }
 
-// control queues a packet without data to the guest.
-func (d *Device) control(op uint16, local, peer uint32, flags uint32, c *conn) {
-	d.enqueue(&packet{hdr: Header{
-		SrcCID: HostCID, DstCID: d.cid, SrcPort: local, DstPort: peer,
-		Type: TypeStream, Op: op, Flags: flags,
-	}, c: c})
+// ready queues c for the receive loop unless it is queued already or
+// closed (close takes d.mu too, so a closed connection never stays).
+func (d *Device) ready(c *conn) {
+	d.mu.Lock()
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if !d.active || c.queued || closed {
+		d.mu.Unlock()
+		return
+	}
+	c.queued = true
+	d.readyq = append(d.readyq, c)
+	d.mu.Unlock()
+	d.signal()
+}
+
+// queueReset owes the guest a RST for key, a connection capsule no longer
+// has: once per key, and at most MaxPendingResets; more are dropped.
+func (d *Device) queueReset(key connKey) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.active {
+		return
+	}
+	if _, ok := d.resetSet[key]; ok {
+		return
+	}
+	if len(d.resets) >= MaxPendingResets {
+		d.droppedResets++
+		return
+	}
+	d.resetSet[key] = struct{}{}
+	d.resets = append(d.resets, key)
+	d.signal()
 }
 
 // rst answers a guest packet with a reset.
 func (d *Device) rst(h Header) {
-	d.control(OpRst, h.DstPort, h.SrcPort, 0, nil)
+	d.queueReset(connKey{local: h.DstPort, peer: h.SrcPort})
 }
 
-// next waits for a pending packet.
-func (d *Device) next(stop <-chan struct{}) *packet {
+// reserve waits until the device may hold more host data and reserves up
+// to n bytes of it for c, returning how many; 0 when c is closed.
+func (d *Device) reserve(c *conn, n int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		c.mu.Lock()
+		gone := c.closed || c.hostStop
+		c.mu.Unlock()
+		if gone {
+			return 0
+		}
+		if d.held < MaxDeviceBuffered {
+			n = min(n, MaxDeviceBuffered-d.held)
+			d.held += n
+			return n
+		}
+		d.cond.Wait()
+	}
+}
+
+// release gives back n bytes of held host data.
+func (d *Device) release(n int) {
+	if n == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.held -= n
+	d.cond.Broadcast()
+	d.mu.Unlock()
+}
+
+// take makes the next packet owed to the guest into buf, with at most max
+// bytes of data, and returns its length; 0 when nothing is owed. Resets
+// come first, then connections in turn.
+func (d *Device) take(buf []byte, max int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.resets) > 0 {
+		key := d.resets[0]
+		d.resets = d.resets[1:]
+		delete(d.resetSet, key)
+		Header{SrcCID: HostCID, DstCID: d.cid, SrcPort: key.local, DstPort: key.peer,
+			Type: TypeStream, Op: OpRst}.Put(buf)
+		return HeaderSize
+	}
+	for len(d.readyq) > 0 {
+		c := d.readyq[0]
+		d.readyq[0] = nil
+		d.readyq = d.readyq[1:]
+		c.queued = false
+		n, released, more := c.next(buf, max)
+		if released > 0 {
+			d.held -= released
+			d.cond.Broadcast()
+		}
+		if more {
+			c.queued = true
+			d.readyq = append(d.readyq, c)
+		}
+		if n > 0 {
+			return n
+		}
+	}
+	return 0
+}
+
+// waitWork waits until something is owed to the guest; false on stop.
+func (d *Device) waitWork(stop <-chan struct{}) bool {
 	for {
 		d.mu.Lock()
-		if len(d.pending) > 0 {
-			p := d.pending[0]
-			d.pending[0] = nil
-			d.pending = d.pending[1:]
-			d.mu.Unlock()
-			return p
-		}
+		has := len(d.resets) > 0 || len(d.readyq) > 0
 		d.mu.Unlock()
+		if has {
+			return true
+		}
 		select {
 		case <-stop:
-			return nil
+			return false
 		case <-d.wake:
 		}
 	}
 }
 
-// rxLoop moves pending packets into the guest's receive buffers.
+// rxLoop moves what the guest is owed into its receive buffers.
 func (d *Device) rxLoop(a virtio.Activation, stop <-chan struct{}) {
-	q := a.Queues[rxQueue]
 	var c virtio.Chain // reused
+	buf := make([]byte, HeaderSize+maxPacketData)
+	have := false // c holds a chain not yet used
 	for {
-		p := d.next(stop)
-		if p == nil {
+		if !d.waitWork(stop) {
 			return
 		}
-		for p != nil {
-			if p.c != nil && p.hdr.Op == OpRW && p.c.isClosed() {
-				break // the connection is gone; so is its data
-			}
+		if !have {
 			chainErr, ok := virtio.NextChain(a, rxQueue, &c)
 			if !ok {
 				return
 			}
-			var n uint32
-			if chainErr == nil {
-				n, p = d.put(a, c, p)
+			have = true
+			if room := virtio.Len(c.Writable); chainErr != nil || room <= HeaderSize {
+				// Unusable, or too small for a header and data: the
+				// guest loses this buffer.
+				if !d.push(a, c, 0) {
+					return
+				}
+				have = false
+				continue
 			}
-			if err := q.Push(a.Mem, c.Head, n); err != nil {
-				a.Fail(fmt.Errorf("receive queue: %w", err))
-				return
-			}
-			a.Interrupt(q)
+		}
+		max := int(min(virtio.Len(c.Writable)-HeaderSize, maxPacketData))
+		n := d.take(buf, max)
+		if n == 0 {
+			continue // what was owed went away; keep the buffer
+		}
+		if _, err := virtio.Scatter(a.Mem, c.Writable, buf[:n]); err != nil {
+			n = 0
+		}
+		have = false
+		if !d.push(a, c, uint32(n)) {
+			return
 		}
 	}
 }
 
-// put writes as much of p as fits into chain c and returns the bytes
-// written and what is left of p (nil when all of it went).
-func (d *Device) put(a virtio.Activation, c virtio.Chain, p *packet) (uint32, *packet) {
-	room := virtio.Len(c.Writable)
-	if room < HeaderSize {
-		return 0, p // too small for a header: the guest loses this buffer
+// push returns chain c to the guest with n bytes written.
+func (d *Device) push(a virtio.Activation, c virtio.Chain, n uint32) bool {
+	q := a.Queues[rxQueue]
+	if err := q.Push(a.Mem, c.Head, n); err != nil {
+		a.Fail(fmt.Errorf("receive queue: %w", err))
+		return false
 	}
-	k := min(uint64(len(p.data)), room-HeaderSize)
-	h := p.hdr
-	h.Len = uint32(k)
-	if p.c != nil {
-		h.BufAlloc, h.FwdCnt = p.c.credit()
-	}
-	buf := make([]byte, HeaderSize+k)
-	h.Put(buf)
-	copy(buf[HeaderSize:], p.data[:k])
-	if _, err := virtio.Scatter(a.Mem, c.Writable, buf); err != nil {
-		return 0, p
-	}
-	if k == uint64(len(p.data)) {
-		return uint32(len(buf)), nil
-	}
-	return uint32(len(buf)), &packet{hdr: p.hdr, data: p.data[k:], c: p.c}
+	a.Interrupt(q)
+	return true
 }
 
 // handleTx handles one packet from the guest.
@@ -410,7 +524,7 @@ func (d *Device) handleTx(a virtio.Activation, c virtio.Chain, chainErr error) {
 		cn.fromGuest(data)
 	case OpCreditUpdate:
 	case OpCreditRequest:
-		d.control(OpCreditUpdate, key.local, key.peer, 0, cn)
+		cn.tell(oweCredit)
 	case OpShutdown:
 		cn.shutdown(h.Flags)
 	case OpRst:
@@ -424,7 +538,7 @@ func (d *Device) handleTx(a virtio.Activation, c virtio.Chain, chainErr error) {
 // it connects to PATH_<port> and answers RESPONSE, or RST on failure.
 func (d *Device) connectOut(key connKey, h Header) {
 	d.mu.Lock()
-	if len(d.conns) >= MaxConns || !d.active {
+	if len(d.live) >= MaxConns || !d.active {
 		d.mu.Unlock()
 		d.rst(h)
 		return
@@ -437,8 +551,21 @@ func (d *Device) connectOut(key connKey, h Header) {
 	go func() {
 		defer d.wg.Done()
 		name := d.path + "_" + strconv.FormatUint(uint64(key.local), 10)
+		if err := trustedSocket(name); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				d.refuse(err)
+			}
+			cn.reset()
+			return
+		}
 		s, err := net.DialTimeout("unix", name, handshakeTimeout)
 		if err != nil {
+			cn.reset()
+			return
+		}
+		if err := trustedPeer(s.(*net.UnixConn)); err != nil {
+			s.Close()
+			d.refuse(fmt.Errorf("socket %s: %w", name, err))
 			cn.reset()
 			return
 		}
@@ -446,9 +573,20 @@ func (d *Device) connectOut(key connKey, h Header) {
 			s.Close()
 			return
 		}
-		d.control(OpResponse, key.local, key.peer, 0, cn)
+		cn.tell(oweResponse)
 		cn.start()
 	}()
+}
+
+// refuse counts a guest connection refused because its host socket is
+// not to be trusted, and logs the first.
+func (d *Device) refuse(err error) {
+	d.mu.Lock()
+	d.refusedSockets++
+	d.mu.Unlock()
+	d.warnOnce.Do(func() {
+		slog.Warn("vsock: guest connection refused (logged once)", "cid", d.cid, "err", err)
+	})
 }
 
 // acceptLoop serves host connections to the device's socket until Close.
@@ -512,7 +650,7 @@ func (d *Device) serveHost(s *net.UnixConn) {
 		return
 	}
 	d.mu.Lock()
-	if !d.active || len(d.conns) >= MaxConns {
+	if !d.active || len(d.live) >= MaxConns {
 		d.mu.Unlock()
 		s.Close()
 		return
@@ -533,7 +671,7 @@ func (d *Device) serveHost(s *net.UnixConn) {
 	cn.sock = s
 	d.conns[key] = cn
 	d.mu.Unlock()
-	d.control(OpRequest, key.local, key.peer, 0, cn)
+	cn.tell(oweRequest)
 	select {
 	case <-cn.resp:
 	case <-time.After(handshakeTimeout):

@@ -36,6 +36,13 @@ type guest struct {
 
 func newGuest(t *testing.T) *guest {
 	t.Helper()
+	return newGuestRx(t, rxBufs)
+}
+
+// newGuestRx is newGuest with n receive buffers posted (none: a guest
+// that never reads).
+func newGuestRx(t *testing.T, n int) *guest {
+	t.Helper()
 	mem, err := machine.NewGuestMemory(16 << 20)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +63,7 @@ func newGuest(t *testing.T) *guest {
 	t.Cleanup(func() { d.M.Close(); dev.Close() })
 	d.Setup(0)
 	g := &guest{Driver: d, dev: dev, path: path}
-	for i := range uint16(rxBufs) {
+	for i := range uint16(n) {
 		d.WriteDesc(0, i, virtiotest.Desc{Addr: rxBase + uint64(i)*0x2000, Len: rxLen, Flags: virtio.DescFlagWrite})
 		d.Publish(0, i)
 	}
