@@ -3,7 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
-	"os"
+	"io"
 	"strings"
 )
 
@@ -33,10 +33,17 @@ func (v *VM) MemoryUsage() (Usage, error) {
 		return u, err
 	}
 	u.GuestResident = g
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return u, err
+	if v.status == nil {
+		return u, errors.New("vmm: /proc/self/status was not open")
 	}
+	// Read through the descriptor New opened: a sandboxed VMM may no
+	// longer open files.
+	buf := make([]byte, 8192)
+	n, err := v.status.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return u, fmt.Errorf("read /proc/self/status: %w", err)
+	}
+	b := buf[:n]
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			var kb uint64

@@ -125,6 +125,8 @@ type VM struct {
 	pio   bus
 	mmio  bus
 	slots []*slot // virtio devices, opened by New, in slot order
+	// status is /proc/self/status, opened by New for MemoryUsage.
+	status *os.File
 
 	serial *devices.Serial
 	phases []Phase
@@ -187,6 +189,7 @@ func New(cfg Config) (*VM, error) {
 		return nil, fmt.Errorf("%d MiB of memory: %w", cfg.MemoryMiB, err)
 	}
 	v := &VM{cfg: cfg, mem: mem, slots: slots}
+	v.status, _ = os.Open("/proc/self/status") // MemoryUsage says if it failed
 	v.mark("guest memory mapped")
 	loaded := make(chan error, 1)
 	go func() {
@@ -256,6 +259,10 @@ func (v *VM) Close() error {
 	if v.mem != nil {
 		errs = append(errs, v.mem.Close())
 		v.mem = nil
+	}
+	if v.status != nil {
+		v.status.Close()
+		v.status = nil
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/capsule-vm/capsule/bootloader"
+	"github.com/capsule-vm/capsule/jail"
 	"github.com/capsule-vm/capsule/vmm"
 	"golang.org/x/sys/unix"
 )
@@ -62,6 +63,10 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
 	var verbose bool
 	fs.BoolVarP(&verbose, "verbose", "v", false, "print start-up phases and the kernel format on stderr")
+	seccompOn := true
+	fs.BoolVar(&seccompOn, "seccomp", true, "once the VM is set up, confine capsule to the system calls a running VMM makes\n"+
+		"(a seccomp filter on every thread: opening files, running programs, mounting and the\n"+
+		"like then fail); --seccomp=false leaves it off, for debugging")
 	var statsFD int
 	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
 	fs.MarkHidden("stats-fd")
@@ -125,6 +130,11 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 		return err
 	}
 	defer con.stop() // on every path, a panic included; stop runs once
+	if seccompOn {
+		if err := jail.Seccomp(); err != nil {
+			return err
+		}
+	}
 	res, runErr := vm.Run(ctx)
 	con.stop() // restores the terminal before anything is printed
 	if runErr != nil {
