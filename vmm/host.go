@@ -24,6 +24,9 @@ const (
 	KVMUnknown  = kvm.KindUnknown
 )
 
+// KVMDevice is the KVM device node.
+const KVMDevice = kvm.DevicePath
+
 // ErrNoKVM reports that /dev/kvm is missing or cannot be opened.
 var ErrNoKVM = kvm.ErrNoKVM
 

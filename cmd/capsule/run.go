@@ -67,6 +67,8 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	fs.BoolVar(&seccompOn, "seccomp", true, "once the VM is set up, confine capsule to the system calls a running VMM makes\n"+
 		"(a seccomp filter on every thread: opening files, running programs, mounting and the\n"+
 		"like then fail); --seccomp=false leaves it off, for debugging")
+	var jf jailFlags
+	jf.add(fs)
 	var statsFD int
 	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
 	fs.MarkHidden("stats-fd")
@@ -91,6 +93,18 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	}
 	cfg.Console = stdout
 	cfg.Log = stderr
+	var js jail.Spec
+	switch {
+	case jf.set() && !jf.child:
+		return runJailed(&jf, cfg, args, stderr)
+	case jf.child:
+		if js, cfg, err = jf.spec(cfg); err != nil {
+			return err
+		}
+		if err := jail.Enter(js); err != nil {
+			return err
+		}
+	}
 
 	vm, err := vmm.New(cfg)
 	if errors.Is(err, vmm.ErrNoKVM) {
@@ -100,6 +114,11 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 		return err
 	}
 	defer vm.Close()
+	if jf.child {
+		if err := jail.Drop(js.UID, js.GID); err != nil {
+			return err
+		}
+	}
 	if verbose {
 		info := vm.Info()
 		fmt.Fprintf(stderr, "capsule: %s\n", describeKernel(cfg.Kernel, info))

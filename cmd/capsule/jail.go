@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/capsule-vm/capsule/jail"
+	"github.com/capsule-vm/capsule/vmm"
+)
+
+// jailFlags are capsule run's --jail flags.
+type jailFlags struct {
+	dir, id, user string
+	cpus          float64
+	memoryMiB     int
+	child         bool // this process is the jailed VMM (hidden flag)
+}
+
+func (j *jailFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&j.dir, "jail", "", "run the VMM jailed, as Firecracker's jailer does: in new mount, PID, IPC, UTS\n"+
+		"(and, without --net, network) namespaces, with `DIR`/ID/root as its root holding only\n"+
+		"the VM's files (kernel, initrd, disks, /dev/kvm, /dev/net/tun), as --jail-user with no\n"+
+		"capabilities once the VM is set up, in a cgroup when --jail-cpus or --jail-memory\n"+
+		"is set. DIR must be owned by root and writable by nobody else. The vsock socket is\n"+
+		"created in the jail's root under its base name. Needs root")
+	fs.StringVar(&j.id, "jail-id", "", "the jail's name (default capsule-PID)")
+	fs.StringVar(&j.user, "jail-user", "65534:65534", "the user and group the jailed VMM runs as, `UID[:GID]`")
+	fs.Float64Var(&j.cpus, "jail-cpus", 0, "limit the jailed VMM to this many CPUs of time (cgroup v2 cpu.max)")
+	fs.IntVar(&j.memoryMiB, "jail-memory", 0, "limit the jailed VMM's memory, guest RAM included, to this many `MiB` (cgroup v2 memory.max)")
+	fs.BoolVar(&j.child, "jail-child", false, "")
+	fs.MarkHidden("jail-child")
+}
+
+// set reports whether a jail was asked for.
+func (j *jailFlags) set() bool { return j.dir != "" }
+
+// spec returns the jail for cfg and the configuration as the jailed VMM
+// sees it, with every path inside the jail.
+func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
+	uid, gid, err := jail.ParseUser(j.user)
+	if err != nil {
+		return jail.Spec{}, cfg, usageErrorf("--jail-user %w", err)
+	}
+	s := jail.Spec{Dir: j.dir, ID: j.id, UID: uid, GID: gid, CPUs: j.cpus, MemoryMiB: j.memoryMiB}
+	bind := func(host, inside string, write bool) (string, error) {
+		abs, err := filepath.Abs(host)
+		if err != nil {
+			return "", err
+		}
+		s.Binds = append(s.Binds, jail.Bind{Host: abs, Jail: inside, Write: write})
+		return inside, nil
+	}
+	in := cfg
+	if in.Kernel, err = bind(cfg.Kernel, "/kernel", false); err != nil {
+		return s, cfg, err
+	}
+	if cfg.Initrd != "" {
+		if in.Initrd, err = bind(cfg.Initrd, "/initrd", false); err != nil {
+			return s, cfg, err
+		}
+	}
+	bind(vmm.KVMDevice, vmm.KVMDevice, true)
+	in.Devices = nil
+	tun := false
+	for i, d := range cfg.Devices {
+		switch d := d.(type) {
+		case vmm.Disk:
+			p, err := bind(d.Path, fmt.Sprintf("/disks/%d/%s", i, filepath.Base(d.Path)), !d.ReadOnly)
+			if err != nil {
+				return s, cfg, err
+			}
+			d.Path = p
+			in.Devices = append(in.Devices, d)
+		case vmm.Vsock:
+			d.Path = "/" + filepath.Base(d.Path)
+			in.Devices = append(in.Devices, d)
+		case vmm.Net:
+			s.HostNetwork = true
+			if !d.User && !tun {
+				tun = true
+				bind("/dev/net/tun", "/dev/net/tun", true)
+			}
+			in.Devices = append(in.Devices, d)
+		default:
+			in.Devices = append(in.Devices, d)
+		}
+	}
+	return s, in, nil
+}
+
+// runJailed starts this program again in the jail, with the same
+// arguments and --jail-child, waits for it, and removes the jail. Signals
+// that would stop capsule are passed on to it.
+func runJailed(j *jailFlags, cfg vmm.Config, args []string, stderr io.Writer) error {
+	if j.id == "" {
+		j.id = "capsule-" + strconv.Itoa(os.Getpid())
+		args = append(args, "--jail-id", j.id)
+	}
+	s, _, err := j.spec(cfg)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("/proc/self/exe", append([]string{"run"}, append(args, "--jail-child")...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	jailed, err := jail.Start(s, cmd)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case sig := <-sigs:
+				cmd.Process.Signal(sig)
+			case <-done:
+				return
+			}
+		}
+	}()
+	werr := cmd.Wait()
+	close(done)
+	if err := jailed.Cleanup(); err != nil {
+		fmt.Fprintf(stderr, "capsule: %v\n", err)
+	}
+	var ee *exec.ExitError
+	switch {
+	case werr == nil:
+		return nil
+	case errors.As(werr, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return exitError{128 + int(ws.Signal())}
+		}
+		return exitError{ee.ExitCode()}
+	}
+	return werr
+}
