@@ -114,6 +114,9 @@ func (q *Queue) pop(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
 	if pending == 0 {
 		return false, nil
 	}
+	if q.Size == 0 {
+		return false, fmt.Errorf("%w: queue has no size (not set up, or reset)", ErrBadQueue)
+	}
 	if pending > q.Size {
 		return false, fmt.Errorf("%w: available index %d is %d ahead of the device, more than the queue size %d", ErrBadQueue, availIdx, pending, q.Size)
 	}
@@ -202,6 +205,9 @@ func (q *Queue) walk(mem *machine.GuestMemory, c *Chain) error {
 // its device-writable buffers, and publishes the new used index after the
 // element (an atomic store orders the two).
 func (q *Queue) Push(mem *machine.GuestMemory, head uint16, written uint32) error {
+	if q.Size == 0 {
+		return fmt.Errorf("%w: queue has no size (not set up, or reset)", ErrBadQueue)
+	}
 	elem := q.Used + 4 + usedElemSize*uint64(q.nextUsed%q.Size)
 	if err := mem.PutUint32(elem, uint32(head)); err != nil {
 		return fmt.Errorf("%w: used ring: %w", ErrBadQueue, err)

@@ -183,3 +183,19 @@ func FuzzPop(f *testing.F) {
 		}
 	})
 }
+
+func TestAQueueOfSizeZeroNeverPanics(t *testing.T) {
+	q, mem := newQueue(t)
+	offer(mem, 0, 0, 1)
+	q.Reset() // size 0, as after a reset or before set-up
+	q.Avail, q.Used = testAvail, testUsed
+	if _, _, err := q.Pop(mem); !errors.Is(err, ErrBadQueue) {
+		t.Errorf("Pop on a queue of size 0 = %v, want ErrBadQueue", err)
+	}
+	if err := q.Push(mem, 0, 0); !errors.Is(err, ErrBadQueue) {
+		t.Errorf("Push on a queue of size 0 = %v, want ErrBadQueue", err)
+	}
+	q.EventIdx = true
+	q.WantsInterrupt(mem)
+	q.ArmNotify(mem)
+}

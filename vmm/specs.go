@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/capsule-vm/capsule/virtio"
@@ -33,9 +34,14 @@ func (d Disk) Open() (virtio.Device, error) { return blk.Open(d.Path, d.ReadOnly
 // user-mode network when User is set.
 type Net struct {
 	// User selects the rootless user-mode network (package usernet), with
-	// HostFwds.
-	User     bool
-	HostFwds []usernet.HostFwd
+	// HostFwds. It is closed to the host by default; HostLoopback,
+	// Restrict and Allow are usernet.Options' (see package usernet for the
+	// policy).
+	User         bool
+	HostFwds     []usernet.HostFwd
+	HostLoopback bool
+	Restrict     bool
+	Allow        []netip.Prefix
 	// TAP is the name of the host TAP device.
 	TAP string
 	// HostAddr is given to a TAP capsule creates (nil: none).
@@ -62,7 +68,7 @@ func (n Net) Exclusive() string {
 func (n Net) Open() (virtio.Device, error) {
 	var be vnet.Backend
 	if n.User {
-		u, err := usernet.New(n.HostFwds)
+		u, err := usernet.New(usernet.Options{HostFwds: n.HostFwds, HostLoopback: n.HostLoopback, Restrict: n.Restrict, Allow: n.Allow})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", n, err)
 		}

@@ -128,7 +128,7 @@ func ioRun(ctx context.Context, self string, c benchConfig, workload string, qem
 		}
 		defer sink.close()
 		cmdline += fmt.Sprintf(" capsule.action=netbench capsule.peer=10.0.2.2:%d", sink.port())
-		capsuleArgs = []string{"--net", "user"}
+		capsuleArgs = []string{"--net", "user,hostloopback=on"} // the sink is on host loopback
 		qemuDev = []string{"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"}
 	}
 	var cmd *exec.Cmd

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -97,9 +98,22 @@ func (d *deviceFlags) add(fs *pflag.FlagSet) {
 		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
 		"no second VM can write it")
 	fs.Var(&deviceFlag{all: d, parse: parseNet}, "net", "add a virtio-net interface `MODE` (repeatable; eth0, eth1, ...); MODE is one of\n"+
-		"  user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...  rootless user-mode network: the guest\n"+
-		"      gets 10.0.2.15/24 by DHCP (gateway 10.0.2.2, DNS 10.0.2.3); 10.0.2.2 is the host's\n"+
-		"      127.0.0.1; hostfwd (repeatable, tcp or udp) makes a host port reach a guest port\n"+
+		"  user[,OPTION]...  rootless user-mode network: the guest gets 10.0.2.15/24 by DHCP\n"+
+		"      (gateway 10.0.2.2, DNS 10.0.2.3). It is closed to the host by default: the guest\n"+
+		"      reaches public addresses only; TCP and UDP to 10.0.2.3 port 53 go to the host's\n"+
+		"      resolver (the first nameserver of /etc/resolv.conf, wherever it is); host loopback\n"+
+		"      (127/8, or 10.0.2.2), link-local (169.254/16: cloud metadata; fe80::/10), private\n"+
+		"      ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), the host's own addresses,\n"+
+		"      broadcast, multicast and reserved ones are refused (TCP reset, UDP dropped), and so\n"+
+		"      is every other 10.0.2.x: none ever becomes a host connection. OPTIONs:\n"+
+		"    hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT  a host port reaches a guest port\n"+
+		"        (repeatable, tcp or udp; works whatever the policy)\n"+
+		"    hostloopback=on  10.0.2.2 reaches the host's 127.0.0.1, port for port\n"+
+		"    allow=CIDR       the guest may reach that range (repeatable), e.g. allow=192.168.1.0/24\n"+
+		"    restrict=on      refuse public addresses and DNS too (as QEMU's restrict=on);\n"+
+		"        hostfwd, hostloopback=on and allow= still apply\n"+
+		"      At most "+strconv.Itoa(usernet.MaxTCPConns)+" TCP connections at once (more are reset) and "+strconv.Itoa(usernet.MaxUDPFlows)+" UDP flows\n"+
+		"      (a new one evicts the flow idle longest; a flow idle "+strconv.Itoa(int(usernet.UDPIdle.Seconds()))+" s ends)\n"+
 		"  tap:NAME[,ip=ADDR/PREFIX]  the host TAP device NAME; one that does not exist is created\n"+
 		"      (root or CAP_NET_ADMIN), brought up with ip= as the host's address, and removed when\n"+
 		"      capsule exits; an existing one is used as it is\n"+
@@ -154,7 +168,7 @@ func (d *deviceFlags) parseVsock(s string) (vmm.Device, error) {
 }
 
 // parseNet parses a --net value: tap:NAME[,mac=MAC][,ip=ADDR/PREFIX] or
-// user[,mac=MAC][,hostfwd=RULE]....
+// user[,mac=MAC][,hostfwd=RULE]...[,hostloopback=on][,allow=CIDR]...[,restrict=on].
 func parseNet(s string) (vmm.Device, error) {
 	var n vmm.Net
 	var opts string
@@ -168,7 +182,7 @@ func parseNet(s string) (vmm.Device, error) {
 			return nil, fmt.Errorf("--net %q: the TAP needs a name, as in tap:tap0", s)
 		}
 	default:
-		return nil, fmt.Errorf("--net %q: want user[,hostfwd=tcp:HOSTPORT-:GUESTPORT...] or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
+		return nil, fmt.Errorf("--net %q: want user[,hostfwd=tcp:HOSTPORT-:GUESTPORT...][,hostloopback=on][,allow=CIDR][,restrict=on] or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX]", s)
 	}
 	if opts == "" {
 		return n, nil
@@ -182,6 +196,22 @@ func parseNet(s string) (vmm.Device, error) {
 				return nil, fmt.Errorf("--net %q: %w", s, err)
 			}
 			n.HostFwds = append(n.HostFwds, f)
+		case (key == "hostloopback" || key == "restrict") && n.User:
+			on, err := onOff(val)
+			if err != nil {
+				return nil, fmt.Errorf("--net %q: %s=%s: %w", s, key, val, err)
+			}
+			if key == "hostloopback" {
+				n.HostLoopback = on
+			} else {
+				n.Restrict = on
+			}
+		case key == "allow" && n.User:
+			p, err := parseAllow(val)
+			if err != nil {
+				return nil, fmt.Errorf("--net %q: allow=%s: %w", s, val, err)
+			}
+			n.Allow = append(n.Allow, p)
 		case key == "ip" && n.User:
 			return nil, fmt.Errorf("--net %q: ip= is for tap; the user network's addresses are fixed (guest 10.0.2.15, host 10.0.2.2)", s)
 		case key == "mac":
@@ -200,10 +230,38 @@ func parseNet(s string) (vmm.Device, error) {
 		default:
 			known := "mac, ip"
 			if n.User {
-				known = "mac, hostfwd"
+				known = "mac, hostfwd, hostloopback, allow, restrict"
 			}
 			return nil, fmt.Errorf("--net %q: unknown option %q (known: %s)", s, key, known)
 		}
 	}
 	return n, nil
+}
+
+// onOff parses the value of an on/off option (QEMU's spellings).
+func onOff(v string) (bool, error) {
+	switch v {
+	case "on", "yes", "true":
+		return true, nil
+	case "off", "no", "false":
+		return false, nil
+	}
+	return false, errors.New("want on or off")
+}
+
+// parseAllow parses an allow= value: an address prefix, or one address.
+func parseAllow(v string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, aerr := netip.ParseAddr(v)
+		if aerr != nil {
+			return netip.Prefix{}, errors.New("want an address range such as 192.168.1.0/24, or an address")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	p = p.Masked()
+	if own := netip.MustParsePrefix("10.0.2.0/24"); own.Overlaps(p) && p.Bits() >= own.Bits() {
+		return netip.Prefix{}, errors.New("10.0.2.0/24 is the user network's own: its addresses never reach the host")
+	}
+	return p, nil
 }

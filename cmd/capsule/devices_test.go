@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -70,5 +71,39 @@ func TestHelpOfHelp(t *testing.T) {
 		if status != 0 || !strings.Contains(stdout, "Commands:") || stderr != "" {
 			t.Errorf("capsule %v: status %d, stdout %q, stderr %q; want the command list on stdout and 0", args, status, stdout, stderr)
 		}
+	}
+}
+
+func TestParseNetUserPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want vmm.Net
+		err  string
+	}{
+		{in: "user", want: vmm.Net{User: true}},
+		{in: "user,hostloopback=on", want: vmm.Net{User: true, HostLoopback: true}},
+		{in: "user,hostloopback=on,hostloopback=off", want: vmm.Net{User: true}},
+		{in: "user,restrict=on", want: vmm.Net{User: true, Restrict: true}},
+		{in: "user,restrict=yes,allow=192.168.1.7/24,allow=203.0.113.9", want: vmm.Net{User: true, Restrict: true,
+			Allow: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("203.0.113.9/32")}}},
+		{in: "user,hostloopback=maybe", err: "want on or off"},
+		{in: "user,allow=192.168.1.0/33", err: "want an address range"},
+		{in: "user,allow=10.0.2.0/24", err: "the user network's own"},
+		{in: "user,allow=10.0.2.3", err: "the user network's own"},
+		{in: "tap:tap0,allow=1.2.3.0/24", err: `unknown option "allow"`},
+		{in: "tap:tap0,hostloopback=on", err: `unknown option "hostloopback"`},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := parseNet(tc.in)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("parseNet(%q) = %v, %v; want an error with %q", tc.in, got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("parseNet(%q) = %#v, %v; want %#v", tc.in, got, err, tc.want)
+			}
+		})
 	}
 }

@@ -289,7 +289,7 @@ func TestVirtioNetUserHTTPBothWays(t *testing.T) {
 	fwdPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	g := startLinux(t, fmt.Sprintf("capsule.action=usernet capsule.peer=10.0.2.2:%d", srvPort), "usernet: ready",
-		"--net", fmt.Sprintf("user,hostfwd=tcp:127.0.0.1:%d-:8080", fwdPort))
+		"--net", fmt.Sprintf("user,hostloopback=on,hostfwd=tcp:127.0.0.1:%d-:8080", fwdPort))
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", fwdPort))
 	if err != nil {

@@ -73,6 +73,11 @@ type Device struct {
 	rxDone chan struct{}
 	txBuf  []byte       // transmit's frame buffer (one goroutine transmits)
 	rx     virtio.Chain // deliver's, reused (one goroutine receives)
+	// rxMu is held by deliver for as long as it uses an activation's
+	// queue; Reset takes it after forgetting the activation, so that no
+	// delivery touches a queue once Reset returns (the transport then
+	// resets the queues).
+	rxMu sync.Mutex
 }
 
 // RandomMAC returns a locally administered unicast MAC address.
@@ -105,7 +110,8 @@ func New(mac net.HardwareAddr, be Backend) *Device {
 // MAC is the guest's MAC address.
 func (d *Device) MAC() net.HardwareAddr { return d.mac }
 
-// Close resets the device and closes the backend.
+// Close resets the device and closes the backend. The transport must
+// have stopped the device first (its kicks closed), as MMIO.Close does.
 func (d *Device) Close() error {
 	d.Reset()
 	err := d.be.Close()
@@ -164,6 +170,10 @@ func (d *Device) Reset() {
 	d.act = nil
 	d.mu.Unlock()
 	d.tx.Stop()
+	// Wait out a delivery that began before act was cleared: its wait for
+	// a receive buffer ends because the transport closed the kicks.
+	d.rxMu.Lock()
+	d.rxMu.Unlock()
 }
 
 // transmit sends one frame from the guest to the backend.
@@ -209,8 +219,11 @@ func (d *Device) rxPump() {
 	}
 }
 
-// deliver puts one frame into a receive buffer.
+// deliver puts one frame into a receive buffer. It holds rxMu while it
+// uses the activation's queue: see Reset.
 func (d *Device) deliver(frame []byte) {
+	d.rxMu.Lock()
+	defer d.rxMu.Unlock()
 	a := d.current()
 	if a == nil {
 		return

@@ -5,26 +5,59 @@
 //
 // The network is 10.0.2.0/24, like QEMU's:
 //
-//	10.0.2.2   the gateway, and the host: connections to it go to the
-//	           host's loopback (127.0.0.1)
-//	10.0.2.3   the DNS server: queries go to the host's resolver
+//	10.0.2.2   the gateway; with Options.HostLoopback, connections to it
+//	           go to the host's loopback (127.0.0.1), at the same port
+//	10.0.2.3   the DNS server: queries (TCP and UDP port 53) go to the
+//	           host's resolver
 //	10.0.2.15  the guest, handed out by DHCP (or configured statically)
 //
 // Connections to other addresses leave from the host as connections of
-// the capsule process. Host port forwards (hostfwd) make a host port reach
-// a guest port.
+// the capsule process, where the policy allows them. Host port forwards
+// (hostfwd) make a host port reach a guest port, whatever the policy.
+//
+// # Policy
+//
+// What a guest may reach on the host's side is closed to the host by
+// default; Options widen or narrow it:
+//
+//   - 10.0.2.0/24 is the user network's own: no connection to one of its
+//     addresses ever becomes a host connection to that address. 10.0.2.2
+//     (the gateway) reaches the host's 127.0.0.1 at the same port only
+//     with HostLoopback; TCP and UDP to 10.0.2.3 port 53 go to the host's
+//     resolver (the first nameserver of /etc/resolv.conf, which may be a
+//     loopback or private address: that one host service is offered by
+//     design) unless Restrict is set; everything else there is refused.
+//   - Other destinations are the host's networks and the internet. Public
+//     unicast addresses are allowed, unless Restrict is set. Refused:
+//     loopback (127/8, ::1), link-local (169.254/16 — cloud metadata
+//     services — and fe80::/10), private ranges (10/8, 172.16/12,
+//     192.168/16, 100.64/10 shared address space, fc00::/7), unspecified,
+//     multicast, broadcast and reserved addresses, and every address of
+//     the host's own interfaces (which would reach its services).
+//   - An Allow prefix lets the guest reach the addresses in it, whatever
+//     the above says (outside 10.0.2.0/24), with or without Restrict.
+//
+// A refused TCP connection is reset; a refused UDP datagram is dropped
+// without an ICMP error. Host port forwards (hostfwd) work in every mode.
+//
+// What one guest may hold on the host is bounded: MaxTCPConns spliced
+// TCP connections, MaxUDPFlows UDP flows (each idle at most UDPIdle), and
+// Close ends them all at once, whatever the host peers do.
 package usernet
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -56,10 +89,6 @@ var (
 const (
 	nicID = 1
 	mtu   = 1500
-	// dialTimeout bounds a connection from the guest to the host side.
-	dialTimeout = 10 * time.Second
-	// udpIdle ends a UDP flow without traffic for this long.
-	udpIdle = 60 * time.Second
 )
 
 // HostFwd forwards connections to a host address to a guest port.
@@ -113,23 +142,76 @@ func ParseHostFwd(s string) (HostFwd, error) {
 	return f, nil
 }
 
+// Bounds on what one guest's user-mode network may hold on the host.
+const (
+	// MaxTCPConns bounds the TCP connections spliced to host sockets at
+	// once, from the guest and through hostfwd together: a new one beyond
+	// it is refused (a reset for the guest, a close for a host peer).
+	MaxTCPConns = 512
+	// MaxUDPFlows bounds the guest's UDP flows (each a connected host
+	// socket): a new flow beyond it evicts the flow idle the longest.
+	MaxUDPFlows = 256
+	// UDPIdle ends a UDP flow without traffic either way for this long.
+	UDPIdle = 60 * time.Second
+)
+
+const (
+	// dialTimeout bounds a connection from the guest to the host side.
+	dialTimeout = 10 * time.Second
+	// maxBackoff is the longest an accept or receive loop waits after an
+	// error (EMFILE, ENFILE, ECONNABORTED...) before it tries again.
+	maxBackoff = time.Second
+)
+
+// Options configure a user-mode network; the zero value has no host port
+// forwards and the default policy (see the package documentation).
+type Options struct {
+	HostFwds []HostFwd
+	// HostLoopback lets connections to the gateway 10.0.2.2 reach the
+	// host's 127.0.0.1 (hostloopback=on).
+	HostLoopback bool
+	// Restrict refuses every destination but those Allow names, DNS
+	// included (restrict=on, as QEMU's); host port forwards still work.
+	Restrict bool
+	// Allow are prefixes the guest may reach even though the policy
+	// refuses them by default (allow=CIDR).
+	Allow []netip.Prefix
+
+	// For tests: the dialer of host connections, and other bounds than
+	// the constants (zero: the constant).
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	maxTCP  int
+	maxUDP  int
+	udpIdle time.Duration
+}
+
 // Net is the user-mode network of one guest. It implements vnet.Backend.
 type Net struct {
-	stack *stack.Stack
-	ep    *channel.Endpoint
-	ctx   context.Context
-	stop  context.CancelFunc
-	out   chan []byte // frames for the guest
-	dns   string      // host resolver, host:port
+	stack  *stack.Stack
+	ep     *channel.Endpoint
+	ctx    context.Context
+	stop   context.CancelFunc
+	out    chan []byte // frames for the guest
+	policy policy
 
-	mu        sync.Mutex
-	listeners []io.Closer
-	wg        sync.WaitGroup
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	maxTCP  int
+	maxUDP  int
+	udpIdle time.Duration
+
+	mu         sync.Mutex
+	closed     bool
+	listeners  []io.Closer
+	conns      map[io.Closer]struct{} // both sides of every splice
+	tcpConns   int                    // splices open or being set up
+	flows      map[*udpFlow]struct{}
+	udpPending int            // flows being set up (counted against MaxUDPFlows)
+	wg         sync.WaitGroup // every goroutine; Add only under mu while !closed
 }
 
 // New builds the network and opens the host side of every forward; a
 // host port in use is an error.
-func New(fwds []HostFwd) (*Net, error) {
+func New(opts Options) (*Net, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
@@ -147,22 +229,37 @@ func New(fwds []HostFwd) (*Net, error) {
 		}
 	}
 	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
-	// Take every flow, whatever its destination, as a router does.
+	// Take every flow, whatever its destination, as a router does; the
+	// policy then decides.
 	s.SetPromiscuousMode(nicID, true)
 	s.SetSpoofing(nicID, true)
 	ctx, stop := context.WithCancel(context.Background())
-	n := &Net{stack: s, ep: ep, ctx: ctx, stop: stop, out: make(chan []byte, 64), dns: hostResolver()}
+	n := &Net{
+		stack: s, ep: ep, ctx: ctx, stop: stop, out: make(chan []byte, 64),
+		policy: policy{hostLoopback: opts.HostLoopback, restrict: opts.Restrict, allow: opts.Allow,
+			local: hostAddrs(), dns: hostResolver()},
+		dial:    opts.dial,
+		maxTCP:  cmp.Or(opts.maxTCP, MaxTCPConns),
+		maxUDP:  cmp.Or(opts.maxUDP, MaxUDPFlows),
+		udpIdle: cmp.Or(opts.udpIdle, UDPIdle),
+		conns:   make(map[io.Closer]struct{}),
+		flows:   make(map[*udpFlow]struct{}),
+	}
+	if n.dial == nil {
+		d := &net.Dialer{Timeout: dialTimeout}
+		n.dial = d.DialContext
+	}
 	tf := tcp.NewForwarder(s, 0, 1024, n.forwardTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
 	uf := udp.NewForwarder(s, n.forwardUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
-	for _, f := range fwds {
+	for _, f := range opts.HostFwds {
 		if err := n.listen(f); err != nil {
 			n.Close()
 			return nil, err
 		}
 	}
-	n.wg.Go(n.pumpOut)
+	n.spawn(n.pumpOut)
 	return n, nil
 }
 
@@ -178,6 +275,61 @@ func hostResolver() string {
 		}
 	}
 	return "127.0.0.1:53"
+}
+
+// spawn runs f on a goroutine Close waits for, and reports false (without
+// running it) once the network is closed.
+func (n *Net) spawn(f func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Go(f)
+	return true
+}
+
+// track registers connections for Close to close; it reports false, and
+// closes them, once the network is closed.
+func (n *Net) track(cs ...io.Closer) bool {
+	n.mu.Lock()
+	if !n.closed {
+		for _, c := range cs {
+			n.conns[c] = struct{}{}
+		}
+		n.mu.Unlock()
+		return true
+	}
+	n.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+	return false
+}
+
+func (n *Net) untrack(cs ...io.Closer) {
+	n.mu.Lock()
+	for _, c := range cs {
+		delete(n.conns, c)
+	}
+	n.mu.Unlock()
+}
+
+// acquireTCP takes one of the MaxTCPConns places, or reports false.
+func (n *Net) acquireTCP() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || n.tcpConns >= n.maxTCP {
+		return false
+	}
+	n.tcpConns++
+	return true
+}
+
+func (n *Net) releaseTCP() {
+	n.mu.Lock()
+	n.tcpConns--
+	n.mu.Unlock()
 }
 
 // Offloads implements vnet.Backend: none; the guest checksums and
@@ -247,41 +399,65 @@ func (n *Net) Read(p []byte) (int, error) {
 	}
 }
 
-// Close implements vnet.Backend: it stops the forwards and the stack.
+// Close implements vnet.Backend: it closes the forwards' listeners, every
+// connection and flow (whatever their peers do), stops the stack and
+// waits for every goroutine.
 func (n *Net) Close() error {
-	n.stop()
 	n.mu.Lock()
-	for _, l := range n.listeners {
-		l.Close()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
 	}
-	n.listeners = nil
+	n.closed = true
+	closers := n.listeners
+	for c := range n.conns {
+		closers = append(closers, c)
+	}
+	for f := range n.flows {
+		closers = append(closers, f)
+	}
+	n.listeners, n.conns, n.flows = nil, nil, nil
 	n.mu.Unlock()
+	n.stop() // ends dials in progress and back-offs
+	for _, c := range closers {
+		c.Close()
+	}
 	n.ep.Close()
 	n.stack.Close()
 	n.wg.Wait()
 	return nil
 }
 
-// hostAddr maps a destination the guest used to the host's address.
-func (n *Net) hostAddr(addr tcpip.Address, port uint16) string {
-	ip := net.IP(addr.AsSlice())
-	switch {
-	case ip.Equal(Gateway):
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
-	case ip.Equal(DNS) && port == 53:
-		return n.dns
+// destination is the guest's destination of a flow as a netip.AddrPort.
+func destination(addr tcpip.Address, port uint16) netip.AddrPort {
+	if addr.Len() != 4 {
+		return netip.AddrPort{} // invalid: refused
 	}
-	return net.JoinHostPort(ip.String(), strconv.Itoa(int(port)))
+	return netip.AddrPortFrom(netip.AddrFrom4(addr.As4()), port)
 }
 
-// forwardTCP connects a guest TCP connection to the host side; a refusal
+// forwardTCP connects a guest TCP connection to the host side: a
+// destination the policy refuses, one beyond MaxTCPConns, or a refusal
 // there is a reset for the guest.
 func (n *Net) forwardTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
-	n.wg.Go(func() {
-		dst := n.hostAddr(id.LocalAddress, id.LocalPort)
-		hc, err := net.DialTimeout("tcp", dst, dialTimeout)
+	dst, ok := target("tcp", destination(id.LocalAddress, id.LocalPort), n.policy)
+	if !ok || !n.acquireTCP() {
+		r.Complete(true)
+		return
+	}
+	started := n.spawn(func() {
+		defer n.releaseTCP()
+		ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+		hc, err := n.dial(ctx, "tcp", dst)
+		cancel()
 		if err != nil {
+			r.Complete(true)
+			return
+		}
+		hcc, ok := hc.(halfCloser)
+		if !ok {
+			hc.Close()
 			r.Complete(true)
 			return
 		}
@@ -293,8 +469,12 @@ func (n *Net) forwardTCP(r *tcp.ForwarderRequest) {
 			return
 		}
 		r.Complete(false)
-		splice(gonet.NewTCPConn(&wq, ep), hc.(*net.TCPConn))
+		n.splice(gonet.NewTCPConn(&wq, ep), hcc)
 	})
+	if !started {
+		n.releaseTCP()
+		r.Complete(true)
+	}
 }
 
 // halfCloser is a connection that can end its sending side alone.
@@ -303,8 +483,13 @@ type halfCloser interface {
 	CloseWrite() error
 }
 
-// splice copies both ways until both sides are done, then closes both.
-func splice(a, b halfCloser) {
+// splice copies both ways until both sides are done (or Close closes
+// them), then closes both.
+func (n *Net) splice(a, b halfCloser) {
+	if !n.track(a, b) {
+		return
+	}
+	defer n.untrack(a, b)
 	var wg sync.WaitGroup
 	cp := func(dst, src halfCloser) {
 		io.Copy(dst, src)
@@ -317,36 +502,153 @@ func splice(a, b halfCloser) {
 	b.Close()
 }
 
-// forwardUDP relays a guest UDP flow to the host side until it is idle.
+// udpFlow is one guest UDP flow and its host socket.
+type udpFlow struct {
+	guest, host net.Conn
+	last        atomic.Int64 // unix nanoseconds of the last datagram either way
+	once        sync.Once
+}
+
+func (f *udpFlow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+func (f *udpFlow) idle() time.Duration { return time.Duration(time.Now().UnixNano() - f.last.Load()) }
+
+// Close closes both sides; the relays then end.
+func (f *udpFlow) Close() error {
+	f.once.Do(func() {
+		f.guest.Close()
+		f.host.Close()
+	})
+	return nil
+}
+
+// forwardUDP relays a guest UDP flow to the host side until it is idle
+// for UDPIdle, evicted or closed. A destination the policy refuses is
+// dropped (no ICMP error).
 func (n *Net) forwardUDP(r *udp.ForwarderRequest) bool {
 	id := r.ID()
+	dst, ok := target("udp", destination(id.LocalAddress, id.LocalPort), n.policy)
+	if !ok || !n.reserveUDP() {
+		return true
+	}
+	unreserve := func() {
+		n.mu.Lock()
+		n.udpPending--
+		n.mu.Unlock()
+	}
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
+		unreserve()
 		return false
 	}
 	gc := gonet.NewUDPConn(&wq, ep)
-	hc, err := net.Dial("udp", n.hostAddr(id.LocalAddress, id.LocalPort))
+	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+	hc, err := n.dial(ctx, "udp", dst)
+	cancel()
 	if err != nil {
+		unreserve()
 		gc.Close()
 		return true
 	}
-	relay := func(dst, src net.Conn) {
-		buf := make([]byte, 65535)
-		for {
-			src.SetReadDeadline(time.Now().Add(udpIdle))
-			k, err := src.Read(buf)
-			if err != nil {
-				gc.Close()
-				hc.Close()
+	f := &udpFlow{guest: gc, host: hc}
+	f.touch()
+	n.mu.Lock()
+	n.udpPending--
+	if n.closed {
+		n.mu.Unlock()
+		f.Close()
+		return true
+	}
+	n.flows[f] = struct{}{}
+	n.wg.Go(func() { n.relayUDP(f, hc, gc) })
+	n.wg.Go(func() { n.relayUDP(f, gc, hc) })
+	n.mu.Unlock()
+	return true
+}
+
+// reserveUDP makes room for one more UDP flow, evicting the flow idle
+// the longest (whose host socket is closed before it returns) when
+// MaxUDPFlows are open; it reports false once the network is closed.
+func (n *Net) reserveUDP() bool {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return false
+	}
+	var evict *udpFlow
+	if len(n.flows)+n.udpPending >= n.maxUDP {
+		for o := range n.flows {
+			if evict == nil || o.last.Load() < evict.last.Load() {
+				evict = o
+			}
+		}
+		delete(n.flows, evict)
+	}
+	n.udpPending++
+	n.mu.Unlock()
+	if evict != nil {
+		evict.Close()
+	}
+	return true
+}
+
+// relayUDP copies datagrams from src to dst until the flow is idle or
+// closed, then closes and forgets it.
+func (n *Net) relayUDP(f *udpFlow, dst, src net.Conn) {
+	defer func() {
+		f.Close()
+		n.mu.Lock()
+		delete(n.flows, f)
+		n.mu.Unlock()
+	}()
+	buf := make([]byte, 65535)
+	for {
+		src.SetReadDeadline(time.Now().Add(n.udpIdle - f.idle()))
+		k, err := src.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && f.idle() < n.udpIdle {
+				continue // the other direction kept the flow alive
+			}
+			return
+		}
+		f.touch()
+		dst.Write(buf[:k])
+	}
+}
+
+// pause waits after an error of an accept or receive loop, doubling
+// *delay from 5 ms up to maxBackoff; it reports false once the network is
+// closed, when the loop must end.
+func (n *Net) pause(delay *time.Duration) bool {
+	*delay = min(max(2**delay, 5*time.Millisecond), maxBackoff)
+	t := time.NewTimer(*delay)
+	defer t.Stop()
+	select {
+	case <-n.ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// acceptLoop accepts host connections on l for handle until the network
+// is closed. No error but the listener's closing ends it: after a
+// temporary one (EMFILE, ENFILE, ECONNABORTED...) it backs off and goes on.
+func (n *Net) acceptLoop(l net.Listener, handle func(net.Conn)) {
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
 				return
 			}
-			dst.Write(buf[:k])
+			continue
 		}
+		delay = 0
+		handle(c)
 	}
-	n.wg.Go(func() { relay(hc, gc) })
-	n.wg.Go(func() { relay(gc, hc) })
-	return true
 }
 
 // listen opens the host side of a forward.
@@ -370,25 +672,33 @@ func (n *Net) listen(f HostFwd) error {
 	n.mu.Lock()
 	n.listeners = append(n.listeners, l)
 	n.mu.Unlock()
-	n.wg.Go(func() {
-		for {
-			hc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.wg.Go(func() {
-				ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
-				defer cancel()
-				gc, err := gonet.DialContextTCP(ctx, n.stack, guest, ipv4.ProtocolNumber)
-				if err != nil {
-					hc.Close()
-					return
-				}
-				splice(hc.(*net.TCPConn), gc)
-			})
-		}
-	})
+	n.spawn(func() { n.acceptLoop(l, func(hc net.Conn) { n.forwardHost(hc, guest) }) })
 	return nil
+}
+
+// forwardHost splices a host connection of a forward to the guest port;
+// one beyond MaxTCPConns is closed at once.
+func (n *Net) forwardHost(hc net.Conn, guest tcpip.FullAddress) {
+	hcc, ok := hc.(halfCloser)
+	if !ok || !n.acquireTCP() {
+		hc.Close()
+		return
+	}
+	started := n.spawn(func() {
+		defer n.releaseTCP()
+		ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+		gc, err := gonet.DialContextTCP(ctx, n.stack, guest, ipv4.ProtocolNumber)
+		cancel()
+		if err != nil {
+			hc.Close()
+			return
+		}
+		n.splice(hcc, gc)
+	})
+	if !started {
+		n.releaseTCP()
+		hc.Close()
+	}
 }
 
 // listenUDP forwards datagrams from one host UDP port to the guest port;
@@ -411,26 +721,36 @@ func (n *Net) listenUDP(hostport string, guest tcpip.FullAddress, f HostFwd) err
 	n.mu.Unlock()
 	var peer sync.Mutex
 	var last net.Addr
-	n.wg.Go(func() {
+	n.spawn(func() {
 		buf := make([]byte, 65535)
+		var delay time.Duration
 		for {
 			k, from, err := pc.ReadFrom(buf)
 			if err != nil {
-				return
+				if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
+					return
+				}
+				continue
 			}
+			delay = 0
 			peer.Lock()
 			last = from
 			peer.Unlock()
 			gc.Write(buf[:k])
 		}
 	})
-	n.wg.Go(func() {
+	n.spawn(func() {
 		buf := make([]byte, 65535)
+		var delay time.Duration
 		for {
 			k, err := gc.Read(buf)
 			if err != nil {
-				return
+				if errors.Is(err, net.ErrClosed) || n.ctx.Err() != nil || !n.pause(&delay) {
+					return
+				}
+				continue
 			}
+			delay = 0
 			peer.Lock()
 			to := last
 			peer.Unlock()

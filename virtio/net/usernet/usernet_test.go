@@ -149,7 +149,7 @@ func guestStack(t *testing.T, n *Net) *stack.Stack {
 	return s
 }
 
-func TestGuestReachesHostLoopback(t *testing.T) {
+func TestHostLoopbackOnLetsTheGatewayReachHostLoopback(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestGuestReachesHostLoopback(t *testing.T) {
 		c.Write([]byte("hello from the host\n"))
 		c.Close()
 	}()
-	n, err := New(nil)
+	n, err := New(Options{HostLoopback: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestHostFwdReachesGuest(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	n, err := New([]HostFwd{{Proto: "tcp", HostPort: port, GuestPort: 8080}})
+	n, err := New(Options{HostFwds: []HostFwd{{Proto: "tcp", HostPort: port, GuestPort: 8080}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestHostFwdReachesGuest(t *testing.T) {
 		t.Fatalf("host read %q, %v", line, err)
 	}
 	// The same port cannot be forwarded twice.
-	if n2, err := New([]HostFwd{{Proto: "tcp", HostPort: port, GuestPort: 1}}); err == nil || !strings.Contains(err.Error(), "in use") {
+	if n2, err := New(Options{HostFwds: []HostFwd{{Proto: "tcp", HostPort: port, GuestPort: 1}}}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("second forward of port %d: %v", port, err)
 		if n2 != nil {
 			n2.Close()
@@ -250,7 +250,7 @@ func FuzzGuestFrame(f *testing.F) {
 	ip.SetChecksum(^ip.CalculateChecksum())
 	header.TCP(syn[34:]).Encode(&header.TCPFields{SrcPort: 40000, DstPort: 1, DataOffset: 20, Flags: header.TCPFlagSyn, WindowSize: 1000})
 	f.Add(syn)
-	n, err := New(nil)
+	n, err := New(Options{})
 	if err != nil {
 		f.Fatal(err)
 	}
