@@ -16,7 +16,7 @@ import (
 // Spec is a jail: where its root is, what the VMM finds in it, who it
 // runs as and what it may use.
 //
-// The parent (Start) creates Dir/ID/root, owned by the jail's user, with
+// The parent (Start) creates Dir/ID/root, owned by root, with
 // an empty file or directory standing for each of Binds, and a cgroup
 // when limits are set; it starts the jailed process in new mount, PID,
 // IPC and UTS namespaces (and a new network namespace unless HostNetwork)
@@ -142,8 +142,10 @@ func (j *Jailed) prepare() error {
 		}
 		return fmt.Errorf("jail %s: %w", top, unwrapPath(err))
 	}
+	// The root stays root's: the VMM creates its sockets there while it is
+	// still root, and the jail's user may write nothing in it.
 	root := s.Root()
-	if err := os.Mkdir(root, 0o700); err != nil {
+	if err := os.Mkdir(root, 0o755); err != nil {
 		return fmt.Errorf("jail %s: %w", root, unwrapPath(err))
 	}
 	for _, b := range s.Binds {
@@ -155,11 +157,6 @@ func (j *Jailed) prepare() error {
 		if err := os.Mkdir(filepath.Join(root, d), 0o555); err != nil {
 			return fmt.Errorf("jail %s: %w", root, unwrapPath(err))
 		}
-	}
-	// The VMM creates its sockets in its root, after it has become the
-	// jail's user.
-	if err := os.Chown(root, s.UID, s.GID); err != nil {
-		return fmt.Errorf("jail %s: %w", root, unwrapPath(err))
 	}
 	if s.CPUs > 0 || s.MemoryMiB > 0 {
 		cg, err := makeCgroup(s)

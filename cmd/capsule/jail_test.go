@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/capsule-vm/capsule/internal/kvmtest"
+)
+
+// jailDir makes a directory to hold jails: owned by root, writable by
+// nobody else.
+func jailDir(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if kvmtest.Required() {
+			t.Fatal("the jail tests need root")
+		}
+		t.Skip("a jail needs root")
+	}
+	d := t.TempDir()
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// childOf finds the process whose parent is pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			return c
+		}
+	}
+	t.Fatalf("no child of %d", pid)
+	return 0
+}
+
+// statusField returns a field of /proc/PID/status.
+func statusField(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
+}
+
+func TestJailedVMMIsConfined(t *testing.T) {
+	kvmtest.Open(t)
+	dir := jailDir(t)
+	img := filepath.Join(t.TempDir(), "d.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := capsuleCmd(t, binary(t), "run", "--jail", dir, "--jail-id", "t1", "--jail-user", "65534:65534",
+		"--kernel", "../../testdata/guests/spin.elf", "--disk", img, "--vsock", "9,/tmp/ignored/v.sock", "--rng")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "spinning\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("first line %q, %v (stderr %q)", line, err, stderr.String())
+	}
+	vmm := childOf(t, cmd.Process.Pid)
+	for key, want := range map[string]string{
+		"Uid":        "65534 65534 65534 65534",
+		"Gid":        "65534 65534 65534 65534",
+		"Groups":     "",
+		"CapEff":     "0000000000000000",
+		"CapPrm":     "0000000000000000",
+		"NoNewPrivs": "1",
+		"Seccomp":    "2",
+		"NSpid":      fmt.Sprintf("%d 1", vmm), // PID 1 of its own PID namespace
+	} {
+		if got := statusField(t, vmm, key); got != want {
+			t.Errorf("jailed VMM %s: %q, want %q", key, got, want)
+		}
+	}
+	for _, ns := range []string{"mnt", "pid", "ipc", "uts", "net"} {
+		mine, _ := os.Readlink("/proc/self/ns/" + ns)
+		its, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", vmm, ns))
+		if err != nil || its == mine {
+			t.Errorf("jailed VMM shares the %s namespace (%s, %v)", ns, its, err)
+		}
+	}
+	// Its root holds the VM's files and nothing else of the host.
+	root := filepath.Join(dir, "t1", "root")
+	if st, err := os.Stat(filepath.Join(root, "v.sock")); err != nil || st.Mode()&os.ModeSocket == 0 {
+		t.Errorf("vsock socket in the jail: %v", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/etc", vmm)); err == nil {
+		t.Error("the jailed VMM sees the host's /etc")
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/kernel", vmm)); err != nil {
+		t.Errorf("the jailed VMM has no /kernel: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // keep draining the console
+		b := make([]byte, 4096)
+		for {
+			if _, err := stdout.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	if s := exitStatus(t, cmd.Wait()); s != 128+int(syscall.SIGTERM) {
+		t.Fatalf("exit status %d, want 143 (stderr %q)", s, stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "t1")); !os.IsNotExist(err) {
+		t.Errorf("jail left behind: %v", err)
+	}
+	if err := syscall.Kill(vmm, 0); err == nil {
+		t.Error("jailed VMM still running")
+	}
+}
+
+func TestJailStatusAndErrors(t *testing.T) {
+	kvmtest.Open(t)
+	dir := jailDir(t)
+	status, _, stderr := runMain("run", "--jail", "/nonexistent-jails", "--kernel", "../../testdata/guests/hello.elf")
+	if status != 1 || !strings.Contains(stderr, "jail directory /nonexistent-jails") {
+		t.Errorf("missing jail directory: status %d, %q", status, stderr)
+	}
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
+	status, _, stderr = runMain("run", "--jail", open, "--kernel", "../../testdata/guests/hello.elf")
+	if status != 1 || !strings.Contains(stderr, "must not be writable") {
+		t.Errorf("world-writable jail directory: status %d, %q", status, stderr)
+	}
+	status, _, stderr = runMain("run", "--jail", dir, "--jail-user", "0", "--kernel", "../../testdata/guests/hello.elf")
+	if status != 2 || !strings.Contains(stderr, "--jail-user") {
+		t.Errorf("root as the jail user: status %d, %q", status, stderr)
+	}
+	cmd := capsuleCmd(t, binary(t), "run", "--jail", dir, "--kernel", "../../testdata/guests/hello.elf", "--cmdline", "exit=7")
+	out, err := cmd.CombinedOutput()
+	if s := exitStatus(t, err); s != 7 || !strings.Contains(string(out), "Hello from a capsule unikernel") {
+		t.Fatalf("jailed hello: status %d, output %q", s, out)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("jail directory not emptied: %v", ents)
+	}
+}
