@@ -53,6 +53,9 @@ var (
 	// ErrBadHeader: a Multiboot header with a bad checksum, or a bzImage
 	// setup header that is malformed (bad boot flag, header length).
 	ErrBadHeader = errors.New("bad kernel header")
+	// ErrChanged: the kernel or initrd file changed (was truncated) while
+	// capsule was reading it.
+	ErrChanged = errors.New("changed while being read")
 )
 
 // errEmpty is the error for a kernel file of 0 bytes: it is no kernel.

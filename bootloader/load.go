@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 
 	"github.com/capsule-vm/capsule/machine"
@@ -82,9 +83,11 @@ const pageSize = 4096
 // Nothing is written to mem unless the kernel, initrd and command line
 // are all valid and fit. Errors are one line, start with "kernel PATH:"
 // or "initrd PATH:", and wrap one of the package's sentinel errors.
-func Load(mem *machine.GuestMemory, cfg Config) (Entry, Info, error) {
+func Load(mem *machine.GuestMemory, cfg Config) (_ Entry, _ Info, err error) {
 	var maps mappings
 	defer maps.release()
+	defer maps.recoverFault(cfg, &err)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	p, err := prepare(mem, cfg, &maps)
 	if err != nil {
 		return Entry{}, Info{}, err

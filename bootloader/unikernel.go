@@ -7,6 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 	"io/fs"
 	"os"
+	"reflect"
+	"runtime/debug"
 	"strings"
 
 	"github.com/capsule-vm/capsule/machine"
@@ -69,7 +71,7 @@ const (
 // describes the image requirements and the state at entry. Nothing is
 // written to mem unless the image is valid and fits. Errors name the file
 // and wrap one of the package's sentinel errors.
-func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus int) (Entry, error) {
+func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus int) (_ Entry, err error) {
 	cfg := Config{Kernel: path, Cmdline: cmdline, CPUs: cpus}
 	if mem == nil {
 		return Entry{}, kernelErr(cfg, errors.New("no guest memory"))
@@ -82,6 +84,8 @@ func LoadUnikernel(mem *machine.GuestMemory, path string, cmdline string, cpus i
 	}
 	var maps mappings
 	defer maps.release()
+	defer maps.recoverFault(cfg, &err)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	data, err := readImage(path, mem.Size(), ErrNotELF, &maps)
 	if err == nil && len(data) == 0 {
 		err = errEmpty
@@ -156,22 +160,60 @@ func readImage(path string, limit uint64, notRegular error, maps *mappings) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("map: %w", err)
 	}
-	maps.add(data)
+	maps.add(path, data)
+	if afterMap != nil {
+		afterMap(path)
+	}
 	return data, nil
 }
 
-// mappings are file mappings to unmap once an image has been loaded. A
-// file truncated while mapped faults on access; capsule reads images it
-// was just given, before the guest runs, so that window is small.
-type mappings struct{ m [][]byte }
+// afterMap, when set (by tests), runs after readImage maps a file.
+var afterMap func(path string)
 
-func (m *mappings) add(b []byte) { m.m = append(m.m, b) }
+// mappings are file mappings to unmap once an image has been loaded. A
+// file truncated while mapped faults (SIGBUS) on the next access past its
+// new end, wherever the loader is; the loaders therefore run with
+// debug.SetPanicOnFault, and recoverFault turns a fault inside a mapping
+// into an error naming the file.
+type mappings struct{ m []mapping }
+
+type mapping struct {
+	path string
+	b    []byte
+}
+
+func (m *mappings) add(path string, b []byte) { m.m = append(m.m, mapping{path, b}) }
 
 func (m *mappings) release() {
-	for _, b := range m.m {
-		unix.Munmap(b)
+	for _, x := range m.m {
+		unix.Munmap(x.b)
 	}
 	m.m = nil
+}
+
+// recoverFault, deferred by a loader (after release, so that it runs
+// first) that turned faults into panics, makes a memory fault inside one
+// of the mappings the loader's error: "kernel P: changed while being
+// read" (or "initrd P: ..."). Any other panic goes on.
+func (m *mappings) recoverFault(cfg Config, err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if f, ok := r.(interface{ Addr() uintptr }); ok {
+		for _, x := range m.m {
+			start := reflect.ValueOf(x.b).Pointer()
+			if f.Addr() >= start && f.Addr()-start < uintptr(len(x.b)) {
+				what := "initrd"
+				if x.path == cfg.Kernel {
+					what = "kernel"
+				}
+				*err = errorf(ErrChanged, "%s %s: changed while being read", what, x.path)
+				return
+			}
+		}
+	}
+	panic(r)
 }
 
 func tooLarge(size, limit uint64) error {

@@ -2,7 +2,10 @@ package devices
 
 import (
 	"bytes"
+	"io"
+	"sync"
 	"testing"
+	"time"
 )
 
 type fakeIRQ struct{ levels []bool }
@@ -24,6 +27,9 @@ func TestSerialTransmitsToItsWriter(t *testing.T) {
 	s := NewSerial(&out, &fakeIRQ{})
 	for _, b := range []byte("hi\n") {
 		wr(s, uartTHR, b)
+	}
+	if lost := s.Close(time.Second); lost != 0 {
+		t.Fatalf("%d bytes lost", lost)
 	}
 	if out.String() != "hi\n" {
 		t.Fatalf("output %q", out.String())
@@ -116,6 +122,120 @@ func TestSerialInterrupts(t *testing.T) {
 		s.Receive(make([]byte, 3*rxLimit))
 		if len(s.rx) != rxLimit {
 			t.Fatalf("rx holds %d bytes, limit %d", len(s.rx), rxLimit)
+		}
+	})
+}
+
+// blockingWriter is a console reader that never reads: its Write blocks
+// until release is closed.
+type blockingWriter struct {
+	release chan struct{}
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return len(p), nil
+}
+
+// countingWriter records what it is given and in how many calls.
+type countingWriter struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	calls int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls++
+	return w.buf.Write(p)
+}
+
+func TestSerialOutputNeverWaitsForTheReader(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	defer close(w.release) // lets the abandoned writer goroutine end
+	s := NewSerial(w, &fakeIRQ{})
+	const total = 10 << 20
+	start := time.Now()
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for i := range total {
+			wr(s, uartTHR, byte(i))
+		}
+	}()
+	select {
+	case <-wrote:
+		t.Logf("10 MiB of THR writes took %v", time.Since(start))
+	case <-time.After(2 * time.Minute): // seconds, even under -race
+		t.Fatal("the guest's THR writes blocked on a stalled reader")
+	}
+	if got, want := s.out.Dropped(), uint64(total-ConsoleBufferSize); got != want {
+		t.Fatalf("dropped %d bytes, want %d (all beyond the %d-byte buffer)", got, want, ConsoleBufferSize)
+	}
+	if lsr := rd(s, uartLSR); lsr&(lsrTHRE|lsrTEMT) != lsrTHRE|lsrTEMT {
+		t.Fatalf("LSR = %#x with output dropped; the transmitter must still look empty", lsr)
+	}
+	start = time.Now()
+	lost := s.Close(100 * time.Millisecond)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close waited %v for a blocked writer, flush bound 100ms", d)
+	}
+	if lost != total {
+		t.Fatalf("Close reports %d bytes lost, want %d (none reached the reader)", lost, total)
+	}
+}
+
+func TestOutputBuffer(t *testing.T) {
+	t.Run("a burst of single bytes reaches the writer in order in few writes", func(t *testing.T) {
+		w := &countingWriter{}
+		b := NewOutputBuffer(w, 1<<20)
+		var want bytes.Buffer
+		for i := range 100000 {
+			c := byte('a' + i%26)
+			b.WriteByte(c)
+			want.WriteByte(c)
+		}
+		if lost := b.Close(5 * time.Second); lost != 0 {
+			t.Fatalf("%d bytes lost with a writer that keeps up", lost)
+		}
+		if !bytes.Equal(w.buf.Bytes(), want.Bytes()) {
+			t.Fatalf("writer got %d bytes, not the %d written in order", w.buf.Len(), want.Len())
+		}
+		if w.calls > 1000 {
+			t.Fatalf("%d writes for 100000 bytes: output is not batched", w.calls)
+		}
+		t.Logf("100000 bytes in %d writes", w.calls)
+	})
+	t.Run("a full buffer drops the excess of a write and counts it", func(t *testing.T) {
+		w := &blockingWriter{release: make(chan struct{})}
+		defer close(w.release)
+		b := NewOutputBuffer(w, 10)
+		if n, err := b.Write([]byte("0123456789abcdef")); n != 16 || err != nil {
+			t.Fatalf("Write = %d, %v; want 16, nil (output is best effort)", n, err)
+		}
+		if got := b.Dropped(); got != 6 {
+			t.Fatalf("dropped %d, want 6", got)
+		}
+		if lost := b.Close(10 * time.Millisecond); lost != 16 {
+			t.Fatalf("lost %d, want 16", lost)
+		}
+	})
+	t.Run("writes after Close are dropped", func(t *testing.T) {
+		w := &countingWriter{}
+		b := NewOutputBuffer(w, 10)
+		b.Write([]byte("ab"))
+		if lost := b.Close(time.Second); lost != 0 {
+			t.Fatalf("lost %d", lost)
+		}
+		b.Write([]byte("cd"))
+		if lost := b.Close(time.Second); lost != 2 || w.buf.String() != "ab" {
+			t.Fatalf("lost %d, writer got %q; want 2 and \"ab\"", lost, w.buf.String())
+		}
+	})
+	t.Run("close without output starts nothing and loses nothing", func(t *testing.T) {
+		if lost := NewOutputBuffer(io.Discard, 10).Close(time.Hour); lost != 0 {
+			t.Fatalf("lost %d", lost)
 		}
 	})
 }

@@ -76,6 +76,10 @@ type Activation struct {
 	// Fail reports an error that leaves the device unusable until the
 	// driver resets it: the transport sets DEVICE_NEEDS_RESET.
 	Fail func(err error)
+	// Report, when not nil, tells the VM's user of a guest's misuse that
+	// leaves the device working (a malformed request); it never blocks.
+	// Devices report such misuse once, not per request.
+	Report func(err error)
 	// ConfigChanged changes the configuration space: it runs update (under
 	// the configuration-space lock, with a new generation) and interrupts
 	// the driver; see MMIO.ConfigChanged. Not for use from ReadConfig or

@@ -432,6 +432,7 @@ func (m *MMIO) activate() {
 			}
 		},
 		Fail:          m.fail,
+		Report:        m.report,
 		ConfigChanged: m.ConfigChanged,
 	})
 	if err != nil {

@@ -56,10 +56,19 @@ type Chain struct {
 	Head     uint16
 	Readable []Buffer
 	Writable []Buffer
+	// Status is set only for a chain Pop refuses with ErrBadChain because
+	// of a bad buffer (outside guest RAM, or readable after writable):
+	// the chain is then still followed to its end, and when its last
+	// descriptor is device-writable and inside RAM, Status is that
+	// descriptor's last byte, where a device whose requests end in a
+	// status byte (virtio-blk) reports the failure. Otherwise its Len is 0.
+	Status Buffer
 }
 
 // Validate checks the queue's layout against the specification and guest
-// RAM; call it when the driver sets DRIVER_OK.
+// RAM; call it when the driver sets DRIVER_OK. The alignments are those
+// of virtio 1.2, 2.7 (split virtqueues): descriptor table 16 bytes,
+// available ring 2, used ring 4.
 func (q *Queue) Validate(mem *machine.GuestMemory) error {
 	n := uint64(q.Size)
 	switch {
@@ -99,17 +108,16 @@ func (q *Queue) Pop(mem *machine.GuestMemory) (c Chain, ok bool, err error) {
 // PopInto is Pop that fills c, reusing the capacity of its buffer slices,
 // so that a device serving a busy queue does not allocate per request.
 func (q *Queue) PopInto(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
-	c.Head, c.Readable, c.Writable = 0, c.Readable[:0], c.Writable[:0]
+	c.Head, c.Readable, c.Writable, c.Status = 0, c.Readable[:0], c.Writable[:0], Buffer{}
 	ok, err = q.pop(mem, c)
 	return ok, err
 }
 
 func (q *Queue) pop(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
-	word, err := mem.LoadUint32Atomic(q.Avail) // flags | idx<<16, ordered
+	availIdx, err := q.availIdx(mem)
 	if err != nil {
 		return false, fmt.Errorf("%w: available ring: %w", ErrBadQueue, err)
 	}
-	availIdx := uint16(word >> 16)
 	pending := availIdx - q.nextAvail
 	if pending == 0 {
 		return false, nil
@@ -132,6 +140,21 @@ func (q *Queue) pop(mem *machine.GuestMemory, c *Chain) (ok bool, err error) {
 	return true, nil
 }
 
+// availIdx reads the available ring's idx with an atomic load (ordered
+// before the reads of the ring entries and descriptors it makes
+// visible). The ring need only be 2-byte aligned, so idx (at Avail+2)
+// is read as its half of the aligned 32-bit word that holds it: with
+// flags when Avail is 4-byte aligned, with ring[0] when it is not; both
+// words lie inside the ring, whose size Validate checked.
+func (q *Queue) availIdx(mem *machine.GuestMemory) (uint16, error) {
+	at := q.Avail + 2
+	word, err := mem.LoadUint32Atomic(at &^ 3)
+	if err != nil {
+		return 0, err
+	}
+	return uint16(word >> (8 * (at & 3))), nil
+}
+
 type desc struct {
 	addr  uint64
 	len   uint32
@@ -148,11 +171,17 @@ func readDesc(mem *machine.GuestMemory, table uint64, i uint16) (desc, error) {
 	return desc{addr: le.Uint64(b[0:]), len: le.Uint32(b[8:]), flags: le.Uint16(b[12:]), next: le.Uint16(b[14:])}, nil
 }
 
-// walk follows the chain at c.Head, filling c's buffers.
+// walk follows the chain at c.Head, filling c's buffers. A chain is at
+// most the queue size long (virtio 1.2, 2.7.5.3.1), an indirect table
+// included, so a walk reads at most Size+1 descriptors. A bad buffer
+// (outside RAM, or readable after writable) ends the filling of c but
+// not the walk, which goes on to find c.Status; a bad link or indirect
+// descriptor ends both.
 func (q *Queue) walk(mem *machine.GuestMemory, c *Chain) error {
 	table, size := q.Desc, q.Size
 	i := c.Head
 	indirect := false
+	var bad error // the first bad buffer
 	for count := 0; ; count++ {
 		if i >= size {
 			return fmt.Errorf("%w: descriptor index %d outside a table of %d", ErrBadChain, i, size)
@@ -172,30 +201,37 @@ func (q *Queue) walk(mem *machine.GuestMemory, c *Chain) error {
 				return fmt.Errorf("%w: indirect descriptor inside an indirect table", ErrBadChain)
 			case d.flags&DescFlagNext != 0:
 				return fmt.Errorf("%w: indirect descriptor with NEXT set", ErrBadChain)
-			case d.len == 0 || d.len%descSize != 0 || d.len/descSize > 1<<16:
+			case d.len == 0 || d.len%descSize != 0:
 				return fmt.Errorf("%w: indirect table of %d bytes", ErrBadChain, d.len)
+			case d.len/descSize > uint32(q.Size):
+				return fmt.Errorf("%w: indirect table of %d entries, more than the queue size %d", ErrBadChain, d.len/descSize, q.Size)
 			case !mem.Contains(d.addr, uint64(d.len)):
 				return fmt.Errorf("%w: indirect table at %#x (%d bytes) outside guest RAM", ErrBadChain, d.addr, d.len)
 			}
-			if len(c.Readable)+len(c.Writable) > 0 {
+			if len(c.Readable)+len(c.Writable) > 0 || bad != nil {
 				return fmt.Errorf("%w: indirect descriptor after direct ones", ErrBadChain)
 			}
-			table, size, i, indirect, count = d.addr, uint16(min(d.len/descSize, 1<<16-1)), 0, true, -1
+			// d.len/descSize ≤ q.Size ≤ 1<<15: it fits.
+			table, size, i, indirect, count = d.addr, uint16(d.len/descSize), 0, true, -1
 			continue
 		}
-		if !mem.Contains(d.addr, uint64(d.len)) {
-			return fmt.Errorf("%w: buffer at %#x (%d bytes) outside guest RAM", ErrBadChain, d.addr, d.len)
-		}
-		b := Buffer{Addr: d.addr, Len: d.len}
-		if d.flags&DescFlagWrite != 0 {
-			c.Writable = append(c.Writable, b)
-		} else if len(c.Writable) > 0 {
-			return fmt.Errorf("%w: device-readable buffer after a device-writable one", ErrBadChain)
-		} else {
-			c.Readable = append(c.Readable, b)
+		inRAM := mem.Contains(d.addr, uint64(d.len))
+		switch {
+		case bad != nil:
+		case !inRAM:
+			bad = fmt.Errorf("%w: buffer at %#x (%d bytes) outside guest RAM", ErrBadChain, d.addr, d.len)
+		case d.flags&DescFlagWrite != 0:
+			c.Writable = append(c.Writable, Buffer{Addr: d.addr, Len: d.len})
+		case len(c.Writable) > 0:
+			bad = fmt.Errorf("%w: device-readable buffer after a device-writable one", ErrBadChain)
+		default:
+			c.Readable = append(c.Readable, Buffer{Addr: d.addr, Len: d.len})
 		}
 		if d.flags&DescFlagNext == 0 {
-			return nil
+			if bad != nil && inRAM && d.flags&DescFlagWrite != 0 && d.len > 0 {
+				c.Status = Buffer{Addr: d.addr + uint64(d.len) - 1, Len: 1}
+			}
+			return bad
 		}
 		i = d.next
 	}
@@ -257,8 +293,8 @@ func (q *Queue) ArmNotify(mem *machine.GuestMemory) bool {
 	if err := mem.StoreUint16Atomic(q.Used+4+usedElemSize*uint64(q.Size), q.nextAvail); err != nil {
 		return false
 	}
-	word, err := mem.LoadUint32Atomic(q.Avail) // ordered after the store
-	return err == nil && uint16(word>>16) != q.nextAvail
+	idx, err := q.availIdx(mem) // ordered after the store
+	return err == nil && idx != q.nextAvail
 }
 
 // Reset forgets the queue's configuration and position.

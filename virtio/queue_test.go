@@ -199,3 +199,108 @@ func TestAQueueOfSizeZeroNeverPanics(t *testing.T) {
 	q.WantsInterrupt(mem)
 	q.ArmNotify(mem)
 }
+
+func TestA2ByteAlignedAvailableRingWorks(t *testing.T) {
+	mem, err := machine.NewGuestMemory(2 * machine.MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	const avail = testAvail + 2 // 2-byte aligned, not 4: legal (virtio 1.2, 2.7)
+	q := &Queue{MaxSize: 256, Size: testSize, Desc: testDesc, Avail: avail, Used: testUsed, EventIdx: true}
+	if err := q.Validate(mem); err != nil {
+		t.Fatalf("Validate refused a 2-byte-aligned available ring: %v", err)
+	}
+	putDesc(mem, testDesc, 2, 0x10000, 16, 0, 0)
+	mem.PutUint16(avail+4, 2)      // ring[0]: head 2
+	mem.PutUint16(avail+6, 0x7777) // ring[1]: not offered
+	mem.PutUint16(avail+2, 1)      // idx
+	c, ok, err := q.Pop(mem)
+	if err != nil || !ok || c.Head != 2 || len(c.Readable) != 1 {
+		t.Fatalf("Pop = %+v, %v, %v; want the chain at head 2", c, ok, err)
+	}
+	if q.ArmNotify(mem) {
+		t.Fatal("ArmNotify saw buffers the driver never offered")
+	}
+	mem.PutUint16(avail+2, 2)
+	if !q.ArmNotify(mem) {
+		t.Fatal("ArmNotify missed a buffer made available")
+	}
+}
+
+func TestIndirectTablesAreBoundedByTheQueueSize(t *testing.T) {
+	for _, tc := range []struct {
+		entries uint32
+		ok      bool
+	}{{testSize, true}, {testSize + 1, false}, {65535, false}} {
+		q, mem := newQueue(t)
+		for i := range min(tc.entries, testSize) {
+			flags := uint16(DescFlagNext)
+			if i == min(tc.entries, testSize)-1 {
+				flags = 0
+			}
+			putDesc(mem, 0x20000, uint16(i), 0x10000, 16, flags, uint16(i+1))
+		}
+		putDesc(mem, testDesc, 0, 0x20000, 16*tc.entries, DescFlagIndirect, 0)
+		offer(mem, 0, 0, 1)
+		c, ok, err := q.Pop(mem)
+		if !ok {
+			t.Fatalf("%d entries: nothing popped", tc.entries)
+		}
+		if tc.ok && (err != nil || len(c.Readable) != int(tc.entries)) {
+			t.Fatalf("%d entries (the queue size): %v, %d buffers", tc.entries, err, len(c.Readable))
+		}
+		if !tc.ok && !errors.Is(err, ErrBadChain) {
+			t.Fatalf("%d entries in a queue of %d: Pop = %v, want ErrBadChain", tc.entries, testSize, err)
+		}
+	}
+}
+
+func TestABadBufferStillFindsTheChainsLastByte(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		setup  func(mem *machine.GuestMemory)
+		status Buffer
+	}{
+		{"buffer outside RAM, then a status byte", func(mem *machine.GuestMemory) {
+			putDesc(mem, testDesc, 0, 0x10000, 16, DescFlagNext, 1)
+			putDesc(mem, testDesc, 1, 4*machine.MiB, 512, DescFlagNext|DescFlagWrite, 2)
+			putDesc(mem, testDesc, 2, 0x12000, 4, DescFlagWrite, 0)
+		}, Buffer{0x12003, 1}},
+		{"readable after writable, then a status byte", func(mem *machine.GuestMemory) {
+			putDesc(mem, testDesc, 0, 0x10000, 512, DescFlagNext|DescFlagWrite, 1)
+			putDesc(mem, testDesc, 1, 0x11000, 16, DescFlagNext, 2)
+			putDesc(mem, testDesc, 2, 0x12000, 1, DescFlagWrite, 0)
+		}, Buffer{0x12000, 1}},
+		{"last descriptor readable", func(mem *machine.GuestMemory) {
+			putDesc(mem, testDesc, 0, 4*machine.MiB, 16, DescFlagNext, 1)
+			putDesc(mem, testDesc, 1, 0x12000, 1, 0, 0)
+		}, Buffer{}},
+		{"last descriptor outside RAM", func(mem *machine.GuestMemory) {
+			putDesc(mem, testDesc, 0, 4*machine.MiB, 16, DescFlagNext, 1)
+			putDesc(mem, testDesc, 1, 4*machine.MiB, 1, DescFlagWrite, 0)
+		}, Buffer{}},
+		{"a loop after the bad buffer", func(mem *machine.GuestMemory) {
+			putDesc(mem, testDesc, 0, 4*machine.MiB, 16, DescFlagNext, 1)
+			putDesc(mem, testDesc, 1, 0x12000, 1, DescFlagNext|DescFlagWrite, 0)
+		}, Buffer{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q, mem := newQueue(t)
+			tc.setup(mem)
+			offer(mem, 0, 0, 1)
+			c, ok, err := q.Pop(mem)
+			if !ok || !errors.Is(err, ErrBadChain) {
+				t.Fatalf("Pop = %v, %v; want the chain refused", ok, err)
+			}
+			if c.Status != tc.status {
+				t.Fatalf("Status = %+v, want %+v", c.Status, tc.status)
+			}
+			for _, b := range append(c.Readable, c.Writable...) {
+				if !mem.Contains(b.Addr, uint64(b.Len)) {
+					t.Fatalf("buffer %+v of a refused chain outside RAM", b)
+				}
+			}
+		})
+	}
+}

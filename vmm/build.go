@@ -85,7 +85,7 @@ func (v *VM) create() error {
 	if err := v.addLegacyDevices(); err != nil {
 		return err
 	}
-	if err := v.wireVirtio(v.cfg.Log); err != nil {
+	if err := v.wireVirtio(v.log); err != nil {
 		return err
 	}
 	return v.createVCPUs()

@@ -129,6 +129,9 @@ func (e eventInterrupt) Trigger() error {
 
 // wireVirtio puts the opened devices on the MMIO bus and wires their
 // queue notifications to ioeventfds and their interrupts to irqfds.
+// Device errors go to log, rate-limited per device (see deviceLog); the
+// transport may report them on a vCPU thread under its own lock, which
+// is why printing one only appends to a buffer.
 func (v *VM) wireVirtio(log io.Writer) error {
 	for _, d := range v.slots {
 		if fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err == nil {
@@ -139,8 +142,10 @@ func (v *VM) wireVirtio(log io.Writer) error {
 			}
 		}
 		name := d.spec.String()
+		dl := &deviceLog{out: log, prefix: fmt.Sprintf("capsule: %s at %#x: ", name, d.base)}
+		v.deviceLogs = append(v.deviceLogs, dl)
 		d.mmio = virtio.NewMMIO(d.dev, v.mem, eventInterrupt{d.irqfd, v.vm, d.irq}, func(err error) {
-			fmt.Fprintf(log, "capsule: %s at %#x: %v\n", name, d.base, err)
+			dl.printf("%v", err)
 		})
 		if err := v.mmio.insert(d.base, virtio.MMIOSize, d.mmio); err != nil {
 			return err

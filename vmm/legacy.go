@@ -39,7 +39,7 @@ func (v *VM) addLegacyDevices() error {
 				v.stop(Result{Reason: ReasonPanic, Status: StatusPanic, Detail: "the guest reported a panic (pvpanic)"})
 			},
 			OnCrashLoaded: func() {
-				crashLoaded.Do(func() { fmt.Fprintln(v.cfg.Log, "capsule: the guest loaded a crash kernel (pvpanic)") })
+				crashLoaded.Do(func() { fmt.Fprintln(v.log, "capsule: the guest loaded a crash kernel (pvpanic)") })
 			},
 		}},
 		{devices.PCIConfigAddress, devices.PCIConfigPorts, &devices.PCIHostBridge{}},

@@ -94,6 +94,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		v.stop(Result{Reason: ReasonCanceled})
 		<-done
 	}
+	v.finishOutput()
 	v.mu.Lock()
 	r := v.result
 	r.FirstRun, r.Boot = v.firstRun, v.boot

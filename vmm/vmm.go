@@ -33,13 +33,26 @@ type Config struct {
 	Kernel    string // Linux bzImage, ELF vmlinux, Multiboot kernel or capsule unikernel
 	Initrd    string // optional initial ramdisk (Linux) or module (Multiboot)
 	Cmdline   string
-	CPUs      int       // default 1
-	MemoryMiB int       // default 128
-	Console   io.Writer // serial output; default os.Stdout
+	CPUs      int // default 1
+	MemoryMiB int // default 128
+	// Console gets the guest's serial output; default os.Stdout. A
+	// goroutine of the VM writes it, in batches, from a buffer of
+	// devices.ConsoleBufferSize bytes: a writer that does not keep up
+	// (a pipe nobody reads) loses output, never stalls the guest or a
+	// stop. When the vCPUs stop, Run waits at most 500 ms for the writer
+	// to catch up, then abandons it and reports on Log the bytes lost
+	// ("capsule: N bytes of console output dropped: ..."). The VM never
+	// closes Console.
+	Console io.Writer
 	// Devices are the VM's virtio devices; Devices[n] gets slot n (see
 	// Device).
 	Devices []Device
-	Log     io.Writer // device errors; default os.Stderr
+	// Log gets device errors and other lines the guest can trigger,
+	// prefixed "capsule: "; default os.Stderr. It is buffered as Console
+	// is (64 KiB, at most 250 ms of waiting at the end of Run), and each
+	// device prints at most 10 lines a second, then one "N more messages
+	// suppressed" line. The VM never closes Log.
+	Log io.Writer
 }
 
 // Defaults and bounds.
@@ -128,8 +141,10 @@ type VM struct {
 	// status is /proc/self/status, opened by New for MemoryUsage.
 	status *os.File
 
-	serial *devices.Serial
-	phases []Phase
+	serial     *devices.Serial
+	log        *devices.OutputBuffer // Config.Log, buffered
+	deviceLogs []*deviceLog          // the virtio devices' rate-limited lines
+	phases     []Phase
 
 	mu       sync.Mutex
 	stopped  bool
@@ -188,7 +203,7 @@ func New(cfg Config) (*VM, error) {
 		closeDevices(slots)
 		return nil, fmt.Errorf("%d MiB of memory: %w", cfg.MemoryMiB, err)
 	}
-	v := &VM{cfg: cfg, mem: mem, slots: slots}
+	v := &VM{cfg: cfg, mem: mem, slots: slots, log: devices.NewOutputBuffer(cfg.Log, logBufferSize)}
 	v.status, _ = os.Open("/proc/self/status") // MemoryUsage says if it failed
 	v.mark("guest memory mapped")
 	loaded := make(chan error, 1)
@@ -248,6 +263,12 @@ func (v *VM) Close() error {
 	v.slots = nil
 	v.mu.Unlock()
 	errs := []error{closeDevices(slots)}
+	if v.serial != nil {
+		v.serial.Close(0) // Run flushed it; otherwise nothing is waited for
+	}
+	if v.log != nil {
+		v.log.Close(0)
+	}
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close()) // closes the vCPUs too
 		v.vm = nil

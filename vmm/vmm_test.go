@@ -148,3 +148,36 @@ func TestNewRejectsBadInputBeforeKVM(t *testing.T) {
 		})
 	}
 }
+
+// stalledWriter is a console reader that never reads: Write blocks until
+// the test ends.
+type stalledWriter struct{ release chan struct{} }
+
+func (w stalledWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+
+func TestAStalledConsoleDelaysNeitherTheGuestNorTheStop(t *testing.T) {
+	kvmtest.Open(t)
+	stalled := stalledWriter{make(chan struct{})}
+	defer close(stalled.release) // ends the abandoned writer goroutine
+	var log syncBuffer
+	vm, err := New(Config{Kernel: guest(t, "flood"), Console: stalled, Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := vm.Run(ctx)
+	took := time.Since(start)
+	if err != nil || res.Reason != ReasonCanceled {
+		t.Fatalf("Run = %+v, %v; want canceled", res, err)
+	}
+	if took > 300*time.Millisecond+consoleFlush+logFlush+500*time.Millisecond {
+		t.Fatalf("Run took %v to stop with the console stalled (timeout 300ms, flush bound %v)", took, consoleFlush)
+	}
+	if !strings.Contains(log.String(), "bytes of console output dropped: the reader did not keep up") {
+		t.Fatalf("log %q does not report the lost output", log.String())
+	}
+	t.Logf("on %s: stopped %v after start; log %q", kvmtest.Where(), took, log.String())
+}

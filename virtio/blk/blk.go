@@ -8,6 +8,20 @@
 // length that is not a whole number of sectors, a write to a read-only
 // disk or a malformed chain fail that request with VIRTIO_BLK_S_IOERR and
 // touch neither the file nor guest memory outside the request's buffers.
+//
+// Every request completes with its status written to the last byte of its
+// last device-writable descriptor (virtio 1.2, 5.2.6), and a used length
+// that counts that byte. For a malformed chain that byte is the last byte
+// of the chain's last descriptor when that is device-writable and inside
+// guest RAM (see virtio.Chain.Status). A chain with no such byte cannot
+// carry a status: it is completed with a used length of 0 and nothing
+// done, the only completion with length 0, which a driver can tell from
+// every other. The first malformed request of each activation is reported
+// (virtio.Activation.Report).
+//
+// The image must be a regular file or a block device: Open refuses a
+// directory, and a named pipe, socket or character device (which would
+// block start-up or read as an endless disk) without opening it.
 package blk
 
 import (
@@ -61,6 +75,8 @@ type Device struct {
 	id       [IDLen]byte
 
 	server virtio.Server
+	// reported: a malformed request of this activation was reported.
+	reported bool
 
 	// Scratch space, reused across requests (they are served one at a
 	// time): the parts of a chain, and transfer's spans and iovecs.
@@ -77,9 +93,18 @@ func Open(path string, readOnly bool) (*Device, error) {
 	if readOnly {
 		flag, how = os.O_RDONLY, "read-only"
 	}
-	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
+	if err := checkKind(path); err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK: a FIFO swapped in after the check must not block the
+	// open; the file's kind is checked again on what was opened.
+	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+	}
+	if err := checkOpened(path, f); err != nil {
+		f.Close()
+		return nil, err
 	}
 	if err := ofdlock.Lock(f, !readOnly); err != nil {
 		f.Close()
@@ -100,6 +125,51 @@ func Open(path string, readOnly bool) (*Device, error) {
 	d := &Device{path: path, file: f, readOnly: readOnly, capacity: uint64(size) &^ (SectorSize - 1)}
 	copy(d.id[:], filepath.Base(path))
 	return d, nil
+}
+
+// checkKind refuses, before opening it, a path that is not a regular file
+// or a block device.
+func checkKind(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+	}
+	return kindError(path, fi.Mode())
+}
+
+// checkOpened checks the kind of the file actually opened, and clears
+// O_NONBLOCK for regular I/O.
+func checkOpened(path string, f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+	}
+	if err := kindError(path, fi.Mode()); err != nil {
+		return err
+	}
+	if err := unix.SetNonblock(int(f.Fd()), false); err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
+	}
+	return nil
+}
+
+func kindError(path string, m os.FileMode) error {
+	what := ""
+	switch {
+	case m.IsRegular(), m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0:
+		return nil
+	case m.IsDir():
+		return fmt.Errorf("disk %s: is a directory", path)
+	case m&os.ModeNamedPipe != 0:
+		what = "named pipe"
+	case m&os.ModeSocket != 0:
+		what = "socket"
+	case m&os.ModeCharDevice != 0:
+		what = "character device"
+	default:
+		what = m.Type().String()
+	}
+	return fmt.Errorf("disk %s: not a regular file or block device (%s)", path, what)
 }
 
 // unwrapPath drops the *os.PathError wrapper, whose path the caller names.
@@ -167,6 +237,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if !a.Queues[0].Ready {
 		return errors.New("request queue not enabled")
 	}
+	d.reported = false
 	d.server.Start(a, 0, func(c virtio.Chain, chainErr error) uint32 {
 		return d.Handle(a, c, chainErr)
 	})
@@ -176,12 +247,25 @@ func (d *Device) Activate(a virtio.Activation) error {
 // Reset implements virtio.Device.
 func (d *Device) Reset() { d.server.Stop() }
 
-// Handle serves one request and returns the bytes written into the chain.
+// Handle serves one request and returns the bytes written into the chain:
+// the data, plus 1 for the status byte; 0 for a chain with nowhere to put
+// a status (see the package documentation).
 func (d *Device) Handle(a virtio.Activation, c virtio.Chain, chainErr error) uint32 {
+	if chainErr != nil {
+		// The chain's buffers stop at its fault; its status byte, if it
+		// has one, is the last byte of its last descriptor.
+		if c.Status.Len == 0 || a.Mem.PutUint8(c.Status.Addr, StatusIOErr) != nil {
+			d.report(a, fmt.Errorf("request %d: %w; completed with no status (no writable last byte)", c.Head, chainErr))
+			return 0
+		}
+		d.report(a, fmt.Errorf("request %d: %w; failed with IOERR", c.Head, chainErr))
+		return 1
+	}
 	// The status is the last byte the device writes.
 	wlen := virtio.Len(c.Writable)
 	if wlen == 0 || wlen > 1<<32-1 {
-		return 0 // nowhere to put a status
+		d.report(a, fmt.Errorf("request %d: no device-writable byte for the status (%d writable bytes); completed with no status", c.Head, wlen))
+		return 0
 	}
 	d.data, d.status = virtio.SplitAppend(c.Writable, wlen-1, d.data[:0], d.status[:0])
 	status, n := d.serve(a, c, d.data, chainErr)
@@ -189,6 +273,15 @@ func (d *Device) Handle(a virtio.Activation, c virtio.Chain, chainErr error) uin
 		return 0
 	}
 	return n + 1
+}
+
+// report tells the user of the first malformed request of an activation.
+func (d *Device) report(a virtio.Activation, err error) {
+	if d.reported || a.Report == nil {
+		return
+	}
+	d.reported = true
+	a.Report(fmt.Errorf("%w (later malformed requests are not reported)", err))
 }
 
 // serve performs the request; n is the number of data bytes written.
