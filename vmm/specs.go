@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"github.com/capsule-vm/capsule/internal/ratelimit"
 	"github.com/capsule-vm/capsule/virtio"
 	"github.com/capsule-vm/capsule/virtio/blk"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
@@ -17,10 +18,26 @@ import (
 
 // The device specs of this package, one per kind of virtio device.
 
+// RateLimit bounds what a device moves per second: Bandwidth bytes and
+// Ops operations (requests, or frames), each with a burst of one
+// second's worth; 0 leaves that side unlimited (internal/ratelimit).
+type RateLimit struct {
+	Bandwidth, Ops uint64
+}
+
+// limiter returns the limiter for r, or nil when r limits nothing.
+func (r RateLimit) limiter() *ratelimit.Limiter {
+	if r == (RateLimit{}) {
+		return nil
+	}
+	return ratelimit.New(ratelimit.Bucket{Size: r.Bandwidth}, ratelimit.Bucket{Size: r.Ops})
+}
+
 // Disk is a virtio-blk disk on a raw image file or block device.
 type Disk struct {
 	Path     string
 	ReadOnly bool
+	Rate     RateLimit // of requests: bytes and requests per second
 }
 
 func (d Disk) String() string { return "disk " + d.Path }
@@ -28,7 +45,14 @@ func (d Disk) String() string { return "disk " + d.Path }
 // Exclusive is the image's cleaned path: one image, one disk.
 func (d Disk) Exclusive() string { return "disk image " + filepath.Clean(d.Path) }
 
-func (d Disk) Open() (virtio.Device, error) { return blk.Open(d.Path, d.ReadOnly) }
+func (d Disk) Open() (virtio.Device, error) {
+	b, err := blk.Open(d.Path, d.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	b.SetRateLimit(d.Rate.limiter())
+	return b, nil
+}
 
 // Net is a virtio-net interface: on a host TAP device, or on the
 // user-mode network when User is set.
@@ -48,6 +72,8 @@ type Net struct {
 	HostAddr *net.IPNet
 	// MAC is the guest's address; nil picks a random local one.
 	MAC net.HardwareAddr
+	// Rate bounds each direction on its own: bytes and frames per second.
+	Rate RateLimit
 }
 
 func (n Net) String() string {
@@ -84,7 +110,9 @@ func (n Net) Open() (virtio.Device, error) {
 	if mac == nil {
 		mac = vnet.RandomMAC()
 	}
-	return vnet.New(mac, be), nil
+	d := vnet.New(mac, be)
+	d.SetRateLimits(n.Rate.limiter(), n.Rate.limiter())
+	return d, nil
 }
 
 // Vsock is a virtio-vsock device: the guest's context ID and the Unix

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/capsule-vm/capsule/internal/ratelimit"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 	"github.com/capsule-vm/capsule/virtio/net/usernet"
 	"github.com/capsule-vm/capsule/virtio/vsock"
@@ -96,7 +97,8 @@ func (f *boolDeviceFlag) Set(s string) error {
 func (d *deviceFlags) add(fs *pflag.FlagSet) {
 	fs.Var(&deviceFlag{all: d, parse: parseDisk}, "disk", "add a virtio-blk disk: the image file `PATH`, with ,ro to make guest writes fail\n"+
 		"(repeatable; the first is /dev/vda). The image is locked while the VM runs, so\n"+
-		"no second VM can write it")
+		"no second VM can write it. bw=RATE and iops=RATE bound the bytes and requests per\n"+
+		"second (e.g. bw=50M,iops=1000; a second's worth may come at once)")
 	fs.Var(&deviceFlag{all: d, parse: parseNet}, "net", "add a virtio-net interface `MODE` (repeatable; eth0, eth1, ...); MODE is one of\n"+
 		"  user[,OPTION]...  rootless user-mode network: the guest gets 10.0.2.15/24 by DHCP\n"+
 		"      (gateway 10.0.2.2, DNS 10.0.2.3). It is closed to the host by default: the guest\n"+
@@ -117,7 +119,8 @@ func (d *deviceFlags) add(fs *pflag.FlagSet) {
 		"  tap:NAME[,ip=ADDR/PREFIX]  the host TAP device NAME; one that does not exist is created\n"+
 		"      (root or CAP_NET_ADMIN), brought up with ip= as the host's address, and removed when\n"+
 		"      capsule exits; an existing one is used as it is\n"+
-		"and mac=MAC sets the guest's MAC (default: random)")
+		"and mac=MAC sets the guest's MAC (default: random); bw=RATE and pps=RATE bound the bytes\n"+
+		"and frames per second in each direction (e.g. bw=10M,pps=5000)")
 	fs.Var(&deviceFlag{all: d, parse: d.parseVsock}, "vsock", "add a virtio-vsock device: the guest's context ID and the host's Unix socket,\n"+
 		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
 		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
@@ -135,17 +138,37 @@ func parseDisk(s string) (vmm.Device, error) {
 	d := vmm.Disk{Path: path}
 	if opts != "" {
 		for _, o := range strings.Split(opts, ",") {
-			switch o {
+			key, val, _ := strings.Cut(o, "=")
+			switch key {
 			case "ro", "readonly":
 				d.ReadOnly = true
 			case "rw":
 				d.ReadOnly = false
+			case "bw", "iops":
+				if err := setRate(&d.Rate, key, val); err != nil {
+					return nil, fmt.Errorf("--disk %q: %w", s, err)
+				}
 			default:
-				return nil, fmt.Errorf("--disk %q: unknown option %q (known: ro, rw)", s, o)
+				return nil, fmt.Errorf("--disk %q: unknown option %q (known: ro, rw, bw, iops)", s, o)
 			}
 		}
 	}
 	return d, nil
+}
+
+// setRate sets one side of a rate limit from a device option: bw=RATE
+// (bytes per second) or iops=/pps=RATE (requests or frames per second).
+func setRate(r *vmm.RateLimit, key, val string) error {
+	v, err := ratelimit.ParseRate(val)
+	if err != nil {
+		return fmt.Errorf("%s=: %w", key, err)
+	}
+	if key == "bw" {
+		r.Bandwidth = v
+	} else {
+		r.Ops = v
+	}
+	return nil
 }
 
 // parseVsock parses a --vsock value: CID,UDS_PATH. A VM has one.
@@ -214,6 +237,10 @@ func parseNet(s string) (vmm.Device, error) {
 			n.Allow = append(n.Allow, p)
 		case key == "ip" && n.User:
 			return nil, fmt.Errorf("--net %q: ip= is for tap; the user network's addresses are fixed (guest 10.0.2.15, host 10.0.2.2)", s)
+		case key == "bw" || key == "pps":
+			if err := setRate(&n.Rate, key, val); err != nil {
+				return nil, fmt.Errorf("--net %q: %w", s, err)
+			}
 		case key == "mac":
 			m, err := vnet.ParseMAC(val)
 			if err != nil {
@@ -228,9 +255,9 @@ func parseNet(s string) (vmm.Device, error) {
 			ipnet.IP = ip
 			n.HostAddr = ipnet
 		default:
-			known := "mac, ip"
+			known := "mac, bw, pps, ip"
 			if n.User {
-				known = "mac, hostfwd, hostloopback, allow, restrict"
+				known = "mac, bw, pps, hostfwd, hostloopback, allow, restrict"
 			}
 			return nil, fmt.Errorf("--net %q: unknown option %q (known: %s)", s, key, known)
 		}

@@ -107,3 +107,19 @@ func TestParseNetUserPolicy(t *testing.T) {
 		})
 	}
 }
+
+func TestRateOptions(t *testing.T) {
+	d, err := parseDisk("a.img,ro,bw=10M,iops=500")
+	if err != nil || d != (vmm.Disk{Path: "a.img", ReadOnly: true, Rate: vmm.RateLimit{Bandwidth: 10 << 20, Ops: 500}}) {
+		t.Errorf("disk rate: %+v, %v", d, err)
+	}
+	n, err := parseNet("user,bw=1M,pps=100")
+	if err != nil || n.(vmm.Net).Rate != (vmm.RateLimit{Bandwidth: 1 << 20, Ops: 100}) {
+		t.Errorf("net rate: %+v, %v", n, err)
+	}
+	for _, bad := range []string{"a.img,bw=0", "a.img,iops=fast", "a.img,bw="} {
+		if _, err := parseDisk(bad); err == nil || !strings.Contains(err.Error(), "want a positive number") {
+			t.Errorf("--disk %s: %v", bad, err)
+		}
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capsule-vm/capsule/internal/ofdlock"
+	"github.com/capsule-vm/capsule/internal/ratelimit"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -77,6 +78,10 @@ type Device struct {
 	server virtio.Server
 	// reported: a malformed request of this activation was reported.
 	reported bool
+	// limit bounds the requests served per second (nil: no limit);
+	// limitStop ends a wait for it when the device resets.
+	limit     *ratelimit.Limiter
+	limitStop chan struct{}
 
 	// Scratch space, reused across requests (they are served one at a
 	// time): the parts of a chain, and transfer's spans and iovecs.
@@ -238,14 +243,30 @@ func (d *Device) Activate(a virtio.Activation) error {
 		return errors.New("request queue not enabled")
 	}
 	d.reported = false
+	d.limitStop = make(chan struct{})
+	stop := d.limitStop
 	d.server.Start(a, 0, func(c virtio.Chain, chainErr error) uint32 {
+		if chainErr == nil && !d.limit.Wait(virtio.Len(c.Readable)+virtio.Len(c.Writable), stop) {
+			chainErr = errors.New("device reset while the request waited for its rate limit")
+		}
 		return d.Handle(a, c, chainErr)
 	})
 	return nil
 }
 
+// SetRateLimit bounds the requests the device serves: each takes its
+// data length from l's bandwidth bucket and one operation. Call it before
+// the guest runs; nil removes the limit.
+func (d *Device) SetRateLimit(l *ratelimit.Limiter) { d.limit = l }
+
 // Reset implements virtio.Device.
-func (d *Device) Reset() { d.server.Stop() }
+func (d *Device) Reset() {
+	if d.limitStop != nil {
+		close(d.limitStop) // a request waiting for its rate limit fails
+		d.limitStop = nil
+	}
+	d.server.Stop()
+}
 
 // Handle serves one request and returns the bytes written into the chain:
 // the data, plus 1 for the status byte; 0 for a chain with nowhere to put

@@ -17,6 +17,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/capsule-vm/capsule/internal/ratelimit"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -78,6 +79,10 @@ type Device struct {
 	// delivery touches a queue once Reset returns (the transport then
 	// resets the queues).
 	rxMu sync.Mutex
+	// rxLimit and txLimit bound the frames moved per second in each
+	// direction (nil: no limit); stop ends their waits on Reset.
+	rxLimit, txLimit *ratelimit.Limiter
+	stop             chan struct{}
 }
 
 // RandomMAC returns a locally administered unicast MAC address.
@@ -153,12 +158,22 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.act = &a
+	d.stop = make(chan struct{})
+	stop := d.stop
 	d.tx.Start(a, txQueue, func(c virtio.Chain, chainErr error) uint32 {
-		d.transmit(a, c, chainErr)
+		if d.txLimit.Wait(virtio.Len(c.Readable), stop) {
+			d.transmit(a, c, chainErr)
+		}
 		return 0
 	})
 	return nil
 }
+
+// SetRateLimits bounds the frames the device moves per second, received
+// (rx) and transmitted (tx): each frame takes its length from a bandwidth
+// bucket and one operation. Call it before the guest runs; nil means no
+// limit.
+func (d *Device) SetRateLimits(rx, tx *ratelimit.Limiter) { d.rxLimit, d.txLimit = rx, tx }
 
 // Reset implements virtio.Device.
 func (d *Device) Reset() {
@@ -168,6 +183,7 @@ func (d *Device) Reset() {
 		return
 	}
 	d.act = nil
+	close(d.stop) // ends a wait for a rate limit
 	d.mu.Unlock()
 	d.tx.Stop()
 	// Wait out a delivery that began before act was cleared: its wait for
@@ -192,11 +208,12 @@ func (d *Device) transmit(a virtio.Activation, c virtio.Chain, chainErr error) {
 	d.be.Write(buf) // a backend that cannot take it drops it, like a wire; it keeps no reference
 }
 
-// current returns the activation, or nil.
-func (d *Device) current() *virtio.Activation {
+// current returns the activation, or nil, and the channel its Reset
+// closes.
+func (d *Device) current() (*virtio.Activation, chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.act
+	return d.act, d.stop
 }
 
 // rxPump reads frames from the backend until it is closed and puts each
@@ -224,8 +241,8 @@ func (d *Device) rxPump() {
 func (d *Device) deliver(frame []byte) {
 	d.rxMu.Lock()
 	defer d.rxMu.Unlock()
-	a := d.current()
-	if a == nil {
+	a, stop := d.current()
+	if a == nil || !d.rxLimit.Wait(uint64(len(frame)), stop) {
 		return
 	}
 	chainErr, ok := virtio.NextChain(*a, rxQueue, &d.rx)
