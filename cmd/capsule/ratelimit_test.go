@@ -43,7 +43,7 @@ func blkbench(t *testing.T, opts string) (seqWrite, iops float64) {
 func TestDiskRateLimitsHold(t *testing.T) {
 	kvmtest.OpenHardware(t)
 	_, iops := blkbench(t, ",iops=200")
-	if iops > 200*1.25 || iops < 200*0.5 {
+	if iops > 200*1.5 || iops < 200*0.5 {
 		t.Errorf("random reads at iops=200: %.0f IOPS", iops)
 	}
 	write, _ := blkbench(t, ",bw=8M")
