@@ -24,13 +24,19 @@ DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-ce
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule
 
 GUESTS = $(patsubst %.S,%.elf,$(wildcard testdata/guests/*.S))
+# Hostile C guests (testdata/guests/hostile): every NAME.c but kit.c is a
+# guest, linked with the kit (start.S, kit.c) into NAME.elf.
+HOSTILE = testdata/guests/hostile
+HOSTILE_GUESTS = $(patsubst %.c,%.elf,$(filter-out $(HOSTILE)/kit.c,$(wildcard $(HOSTILE)/*.c)))
+HOSTILE_CFLAGS = -ffreestanding -nostdlib -static -no-pie -O2 -mno-red-zone -fno-stack-protector -fno-pic \
+	-mgeneral-regs-only -fno-asynchronous-unwind-tables -fno-tree-loop-distribute-patterns -Wall -Werror
 
 IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
 .PHONY: all deps demo test test-host test-rig fuzz vet clean images demo-images bench bench-io
 
-all: bin/capsule bin/kvmrig $(GUESTS)
+all: bin/capsule bin/kvmrig $(GUESTS) $(HOSTILE_GUESTS)
 
 bin/capsule: FORCE
 	$(GO) build $(GOFLAGS_BUILD) -o $@ ./cmd/capsule
@@ -40,6 +46,9 @@ bin/kvmrig: FORCE
 
 testdata/guests/%.elf: testdata/guests/%.S testdata/guests/hello.ld testdata/guests/lib64.inc
 	gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld -Wl,--build-id=none -o $@ $<
+
+$(HOSTILE)/%.elf: $(HOSTILE)/%.c $(HOSTILE)/kit.c $(HOSTILE)/kit.h $(HOSTILE)/start.S $(HOSTILE)/hostile.ld
+	gcc $(HOSTILE_CFLAGS) -Wl,-T,$(HOSTILE)/hostile.ld -Wl,--build-id=none -Wl,--no-warn-rwx-segments -Wl,-z,noexecstack -o $@ $(HOSTILE)/start.S $(HOSTILE)/kit.c $<
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -135,6 +144,6 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=^FuzzGuestFrame$$ -fuzztime=100000x ./virtio/net/usernet
 
 clean:
-	rm -rf bin $(GUESTS) $(IMG)
+	rm -rf bin $(GUESTS) $(HOSTILE_GUESTS) $(IMG)
 
 FORCE:
