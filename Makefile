@@ -8,6 +8,7 @@ SHELL := /bin/bash
 #   make images     fetch/build the Linux guest images into testdata/images (cached)
 #   make bench      boot-time benchmark against QEMU, in the rig
 #   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
+#   make fuzz-long  every fuzz target for much longer (nightly; not in make test)
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -34,7 +35,7 @@ HOSTILE_CFLAGS = -ffreestanding -nostdlib -static -no-pie -O2 -mno-red-zone -fno
 IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
-.PHONY: all deps demo test test-host test-rig fuzz vet clean images demo-images bench bench-io
+.PHONY: all deps demo test test-host test-rig fuzz fuzz-long vet clean images demo-images bench bench-io
 
 all: bin/capsule bin/kvmrig $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -142,6 +143,19 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=^FuzzPacket$$ -fuzztime=200000x ./virtio/vsock
 	$(GO) test -run=NONE -fuzz=^FuzzDHCP$$ -fuzztime=300000x ./virtio/net/usernet
 	$(GO) test -run=NONE -fuzz=^FuzzGuestFrame$$ -fuzztime=100000x ./virtio/net/usernet
+
+# fuzz-long: every target for much longer, nightly-style, not part of make
+# test. FUZZ_LONG_X inputs each (count-based for the reason above); about
+# 10-30 minutes a target on a 2-core machine with the default.
+FUZZ_LONG_X ?= 20000000
+FUZZ_TARGETS = ./bootloader:FuzzParseELF ./bootloader:FuzzParseBzImage ./bootloader:FuzzFindPVHEntry \
+	./bootloader:FuzzParseMultiboot ./bootloader:FuzzLoadImage ./virtio:FuzzPop ./virtio/blk:FuzzRequest \
+	./virtio/vsock:FuzzPacket ./virtio/net/usernet:FuzzDHCP ./virtio/net/usernet:FuzzGuestFrame
+fuzz-long:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; f=$${t##*:}; echo "fuzz-long: $$f in $$pkg, $(FUZZ_LONG_X) inputs"; \
+		$(GO) test -run=NONE -fuzz=^$$f$$ -fuzztime=$(FUZZ_LONG_X)x $$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin $(GUESTS) $(HOSTILE_GUESTS) $(IMG)
