@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -79,20 +78,7 @@ func TestJailedVMMIsConfined(t *testing.T) {
 	}
 	cmd := capsuleCmd(t, binary(t), "run", "--jail", dir, "--jail-id", "t1", "--jail-user", "65534:65534",
 		"--kernel", "../../testdata/guests/spin.elf", "--disk", img, "--vsock", "9,/tmp/ignored/v.sock", "--rng")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "spinning\n" {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("first line %q, %v (stderr %q)", line, err, stderr.String())
-	}
+	stderr := startSpinning(t, cmd)
 	vmm := childOf(t, cmd.Process.Pid)
 	for key, want := range map[string]string{
 		"Uid":        "65534 65534 65534 65534",
@@ -129,14 +115,6 @@ func TestJailedVMMIsConfined(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	go func() { // keep draining the console
-		b := make([]byte, 4096)
-		for {
-			if _, err := stdout.Read(b); err != nil {
-				return
-			}
-		}
-	}()
 	if s := exitStatus(t, cmd.Wait()); s != 128+int(syscall.SIGTERM) {
 		t.Fatalf("exit status %d, want 143 (stderr %q)", s, stderr.String())
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -305,6 +306,27 @@ func TestRunStatuses(t *testing.T) {
 func TestSIGTERMStopsTheVMAndLeavesNothing(t *testing.T) {
 	kvmtest.Open(t)
 	cmd := capsuleCmd(t, binary(t), "run", "--kernel", "../../testdata/guests/spin.elf", "--cpus", "2")
+	stderr := startSpinning(t, cmd)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if s := exitStatus(t, cmd.Wait()); s != 128+int(syscall.SIGTERM) {
+		t.Fatalf("exit status %d, want %d (stderr %q)", s, 128+int(syscall.SIGTERM), stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stopped by SIGTERM") {
+		t.Fatalf("stderr %q does not name the signal", stderr.String())
+	}
+	if err := syscall.Kill(cmd.Process.Pid, 0); err == nil {
+		t.Fatal("capsule process still exists after Wait")
+	}
+}
+
+// startSpinning starts cmd, a capsule run of the spin guest, and returns
+// once the guest has printed its first line; the console is drained from
+// then on, so that the VMM never waits for it. It returns capsule's
+// stderr as it grows.
+func startSpinning(t *testing.T, cmd *exec.Cmd) *bytes.Buffer {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -314,22 +336,12 @@ func TestSIGTERMStopsTheVMAndLeavesNothing(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || line != "spinning\n" {
+	r := bufio.NewReader(stdout)
+	if line, err := r.ReadString('\n'); err != nil || line != "spinning\n" {
 		cmd.Process.Kill()
-		t.Fatalf("first line %q, %v", line, err)
+		cmd.Wait()
+		t.Fatalf("first line %q, %v (stderr %q)", line, err, stderr.String())
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Wait()
-	if s := exitStatus(t, err); s != 128+int(syscall.SIGTERM) {
-		t.Fatalf("exit status %d, want %d (stderr %q)", s, 128+int(syscall.SIGTERM), stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "stopped by SIGTERM") {
-		t.Fatalf("stderr %q does not name the signal", stderr.String())
-	}
-	if err := syscall.Kill(cmd.Process.Pid, 0); err == nil {
-		t.Fatal("capsule process still exists after Wait")
-	}
+	go io.Copy(io.Discard, r)
+	return &stderr
 }

@@ -734,3 +734,21 @@ void vsock_hdr(struct vsock_hdr *h, u64 src_cid, u64 dst_cid, u32 src_port, u32 
 	h->buf_alloc = buf_alloc;
 	h->fwd_cnt = fwd_cnt;
 }
+
+u64 vsock_open(struct vdev *d, const char *who)
+{
+	if (vdev_find(d, VIRTIO_ID_VSOCK, 0) < 0 || vdev_begin(d, VIRTIO_F_VERSION_1) < 0) {
+		printf("%s: no usable vsock device\n", who);
+		return 0;
+	}
+	u64 cid = *(volatile u32 *)((u8 *)d->regs + VM_CONFIG);
+	for (int i = 0; i < 3; i++) {
+		vq_alloc(&d->q[i], 256);
+		if (vq_setup(d, i, &d->q[i])) {
+			printf("%s: queue setup failed\n", who);
+			return 0;
+		}
+	}
+	vdev_driver_ok(d);
+	return cid;
+}

@@ -341,4 +341,11 @@ enum {
 void vsock_hdr(struct vsock_hdr *h, u64 src_cid, u64 dst_cid, u32 src_port, u32 dst_port, u16 type,
 	       u16 op, u32 len, u32 buf_alloc, u32 fwd_cnt);
 
+/*
+ * vsock_open finds the vsock device, negotiates VERSION_1 and sets up its
+ * three queues (rx, tx, event) of 256 entries, then sets DRIVER_OK. It
+ * returns the guest CID, or 0 after printing "WHO: ..." on failure.
+ */
+u64 vsock_open(struct vdev *d, const char *who);
+
 #endif

@@ -17,20 +17,10 @@ int main(void)
 	u32 conns = arg_u64("conns", 32), port = arg_u64("port", 5000);
 	u32 bufalloc = arg_u64("bufalloc", 0xffffffffu);
 	static struct vdev d;
-	if (vdev_find(&d, VIRTIO_ID_VSOCK, 0) < 0 || vdev_begin(&d, VIRTIO_F_VERSION_1) < 0) {
-		puts("credit: no usable vsock device\n");
+	u64 cid = vsock_open(&d, "credit");
+	if (!cid)
 		return 1;
-	}
-	u64 cid = *(volatile u32 *)((u8 *)d.regs + VM_CONFIG);
-	struct vq *rx = &d.q[0], *tx = &d.q[1], *ev = &d.q[2];
-	vq_alloc(rx, 256);
-	vq_alloc(tx, 256);
-	vq_alloc(ev, 256);
-	if (vq_setup(&d, 0, rx) || vq_setup(&d, 1, tx) || vq_setup(&d, 2, ev)) {
-		puts("credit: queue setup failed\n");
-		return 1;
-	}
-	vdev_driver_ok(&d);
+	struct vq *tx = &d.q[1];
 	if (conns > tx->size)
 		conns = tx->size;
 	struct vsock_hdr *h = galloc(sizeof *h * conns, 64);

@@ -22,24 +22,10 @@ int main(void)
 	u16 op = arg_u64("op", 99), type = arg_u64("type", VSOCK_TYPE_STREAM);
 	u32 port = arg_u64("port", 9999);
 	static struct vdev d;
-	if (vdev_find(&d, VIRTIO_ID_VSOCK, 0) < 0) {
-		puts("flood: no vsock device\n");
+	u64 cid = vsock_open(&d, "flood");
+	if (!cid)
 		return 1;
-	}
-	if (vdev_begin(&d, VIRTIO_F_VERSION_1) < 0) {
-		puts("flood: features refused\n");
-		return 1;
-	}
-	u64 cid = *(volatile u32 *)((u8 *)d.regs + VM_CONFIG);
-	struct vq *rx = &d.q[0], *tx = &d.q[1], *ev = &d.q[2];
-	vq_alloc(rx, 256);
-	vq_alloc(tx, 256);
-	vq_alloc(ev, 256);
-	if (vq_setup(&d, 0, rx) || vq_setup(&d, 1, tx) || vq_setup(&d, 2, ev)) {
-		puts("flood: queue setup failed\n");
-		return 1;
-	}
-	vdev_driver_ok(&d);
+	struct vq *tx = &d.q[1];
 	struct vsock_hdr *h = galloc(sizeof *h, 64);
 	vsock_hdr(h, cid, VSOCK_HOST_CID, 1234, port, type, op, 0, 0, 0);
 	vq_desc(tx, 0, (u64)h, sizeof *h, 0, 0);
