@@ -150,6 +150,12 @@ func startHostile(t *testing.T, guest, cmdline string, extra ...string) *hostile
 	return v
 }
 
+// rssNow samples capsule's RSS at once and returns it.
+func (v *hostileVM) rssNow() int64 {
+	v.sample(v.cmd.Process.Pid)
+	return v.lastRSS.Load()
+}
+
 // sample records the process's RSS, descriptor count and the peers of
 // its TCP sockets.
 func (v *hostileVM) sample(pid int) {
@@ -306,10 +312,17 @@ const mib = 1 << 20
 // (issue 9: 3.25 GB in 20 s on hardware); the test sends 600,000.
 func TestHostileVsockRSTFloodIsBounded(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "v.sock")
-	v := startHostile(t, "vsockflood", "count=600000 delay=1", "--vsock", randomCID()+","+sock, "--timeout", "60s")
+	// In the nested rig a long flood of notifications is what most often
+	// wedges QEMU's TCG emulation of nested SVM (two of three freezes in
+	// one run), so the rig sends a tenth; the full flood runs on a host
+	// with KVM of its own (the PVM host included).
+	count := 600000
+	if os.Getenv("CAPSULE_RIG") == "1" {
+		count = 60000
+	}
+	v := startHostile(t, "vsockflood", fmt.Sprintf("count=%d delay=1", count), "--vsock", randomCID()+","+sock, "--timeout", "60s")
 	v.waitLine("flood: ready", 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
-	base := v.lastRSS.Load()
+	base := v.rssNow()
 	status, ok := v.wait(60 * time.Second)
 	v.checkNoCrash()
 	grew := v.maxRSS.Load() - base
@@ -370,8 +383,7 @@ func TestHostileVsockCreditIsBounded(t *testing.T) {
 	}()
 	v := startHostile(t, "vsockcredit", fmt.Sprintf("conns=32 port=%d delay=1", port), "--vsock", randomCID()+","+sock, "--timeout", "30s")
 	v.waitLine("credit: ready", 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
-	base := v.lastRSS.Load()
+	base := v.rssNow()
 	v.waitLine("credit: requested", 10*time.Second)
 	// Three seconds of streaming, or until the sampler gives up on it.
 	select {
@@ -450,10 +462,28 @@ func TestHostileUDPFlowsAreBounded(t *testing.T) {
 // acceptCounter is a TCP listener on the host's loopback that counts
 // the connections it gets and holds them open until the test ends.
 type acceptCounter struct {
-	ln    net.Listener
-	n     atomic.Int64
-	mu    sync.Mutex
-	conns []net.Conn
+	ln       net.Listener
+	n        atomic.Int64
+	accepted chan struct{} // a token per connection accepted
+	mu       sync.Mutex
+	conns    []net.Conn
+}
+
+// settled returns the number of connections accepted once it reaches
+// want, or once the listener has had nothing new for quiet: the kernel
+// completes a connection before capsule can report it, so a count that
+// has not moved for that long after capsule exited is final.
+func (a *acceptCounter) settled(want int64, quiet time.Duration) int64 {
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for a.n.Load() < want {
+		select {
+		case <-a.accepted:
+		case <-t.C:
+			return a.n.Load()
+		}
+	}
+	return a.n.Load()
 }
 
 func listenCounter(t *testing.T) *acceptCounter {
@@ -461,7 +491,7 @@ func listenCounter(t *testing.T) *acceptCounter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &acceptCounter{ln: ln}
+	a := &acceptCounter{ln: ln, accepted: make(chan struct{}, 1024)}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -469,6 +499,10 @@ func listenCounter(t *testing.T) *acceptCounter {
 				return
 			}
 			a.n.Add(1)
+			select {
+			case a.accepted <- struct{}{}:
+			default:
+			}
 			a.mu.Lock()
 			a.conns = append(a.conns, c)
 			a.mu.Unlock()
@@ -499,11 +533,11 @@ func TestHostileNetPolicy(t *testing.T) {
 		a := listenCounter(t)
 		v := startHostile(t, "tcpprobe", fmt.Sprintf("to=10.0.2.2:%d wait=3", a.port()), "--net", "user", "--timeout", "30s")
 		status, _ := v.wait(40 * time.Second)
-		time.Sleep(100 * time.Millisecond)
-		t.Logf("exit %d; %s; host listener got %d connections", status, strings.TrimSpace(v.Console()), a.n.Load())
+		n := a.settled(1, 200*time.Millisecond)
+		t.Logf("exit %d; %s; host listener got %d connections", status, strings.TrimSpace(v.Console()), n)
 		v.checkNoCrash()
-		if a.n.Load() != 0 {
-			t.Errorf("the host's loopback listener got %d connections from a guest without hostloopback=on", a.n.Load())
+		if n != 0 {
+			t.Errorf("the host's loopback listener got %d connections from a guest without hostloopback=on", n)
 		}
 		if want := fmt.Sprintf("probe 10.0.2.2:%d rst", a.port()); !strings.Contains(v.Console(), want) {
 			t.Errorf("guest did not report %q", want)
@@ -514,10 +548,10 @@ func TestHostileNetPolicy(t *testing.T) {
 		opt := hostLoopbackOption(t)
 		v := startHostile(t, "tcpprobe", fmt.Sprintf("to=10.0.2.2:%d wait=3", a.port()), "--net", "user"+opt, "--timeout", "30s")
 		status, _ := v.wait(40 * time.Second)
-		time.Sleep(100 * time.Millisecond)
-		t.Logf("option %q; exit %d; %s; host listener got %d connections", opt, status, strings.TrimSpace(v.Console()), a.n.Load())
+		n := a.settled(1, 5*time.Second)
+		t.Logf("option %q; exit %d; %s; host listener got %d connections", opt, status, strings.TrimSpace(v.Console()), n)
 		v.checkNoCrash()
-		if want := fmt.Sprintf("probe 10.0.2.2:%d synack", a.port()); !strings.Contains(v.Console(), want) || a.n.Load() != 1 {
+		if want := fmt.Sprintf("probe 10.0.2.2:%d synack", a.port()); !strings.Contains(v.Console(), want) || n != 1 {
 			t.Errorf("want %q and one host connection", want)
 		}
 	})
