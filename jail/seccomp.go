@@ -27,15 +27,33 @@ var runSyscalls = []string{
 	// File descriptors already open: I/O and their state.
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
 	"close", "fcntl", "dup", "dup3", "lseek", "fstat", "newfstatat", "statx", "fdatasync", "fsync",
-	"ioctl", "poll", "ppoll", "pselect6", "select", "splice",
-	// Sockets: the user-mode network's host connections, vsock's Unix
-	// sockets, netlink to remove a TAP capsule created.
-	"socket", "connect", "bind", "listen", "accept", "accept4", "shutdown",
+	"poll", "ppoll", "pselect6", "select", "splice",
+	// Sockets already open (the user-mode network's, vsock's); new ones
+	// only of the families Rules allow.
+	"connect", "bind", "listen", "accept", "accept4", "shutdown",
 	"getsockname", "getpeername", "getsockopt", "setsockopt",
 	"sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
-	// Removing the sockets capsule created, on exit.
-	"unlinkat", "unlink",
 }
+
+// Rules are what the filter allows beyond runSyscalls, as the VM's
+// devices need: the ioctl requests (only these: KVM's running ones, the
+// terminal's, a TAP's offload setting), the socket families new sockets
+// may have (the user-mode network opens AF_INET/AF_INET6 connections,
+// vsock AF_UNIX ones; none without such devices), and whether files may
+// be unlinked (vsock removes its sockets on exit).
+type Rules struct {
+	Ioctls         []uint64
+	SocketFamilies []int
+	Unlink         bool
+}
+
+// TerminalIoctls are the terminal requests capsule makes once running:
+// reading and restoring the console's mode.
+var TerminalIoctls = []uint64{unix.TCGETS, unix.TCSETS, unix.TCSETSW, unix.TCSETSF, unix.TIOCGWINSZ}
+
+// TAPIoctls is the TAP request a running VM makes: setting the offloads
+// the guest accepted.
+var TAPIoctls = []uint64{unix.TUNSETOFFLOAD}
 
 // cloneThreadOnly admits clone(2) only for threads (CLONE_THREAD set): the
 // Go runtime starts threads with it, and nothing may start a process.
@@ -44,14 +62,27 @@ var cloneThreadOnly = seccomp.NameWithConditions{
 	Conditions: seccomp.ArgumentConditions{{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD}},
 }
 
-// Policy is the filter's policy, with extra system calls allowed.
-func Policy(extra ...string) seccomp.Policy {
+// Policy is the filter's policy for r.
+func Policy(r Rules) seccomp.Policy {
+	names := append([]string(nil), runSyscalls...)
+	if r.Unlink {
+		names = append(names, "unlinkat", "unlink")
+	}
+	conds := []seccomp.NameWithConditions{cloneThreadOnly}
+	for _, req := range r.Ioctls {
+		conds = append(conds, seccomp.NameWithConditions{Name: "ioctl",
+			Conditions: seccomp.ArgumentConditions{{Argument: 1, Operation: seccomp.Equal, Value: req}}})
+	}
+	for _, f := range r.SocketFamilies {
+		conds = append(conds, seccomp.NameWithConditions{Name: "socket",
+			Conditions: seccomp.ArgumentConditions{{Argument: 0, Operation: seccomp.Equal, Value: uint64(f)}}})
+	}
 	return seccomp.Policy{
 		DefaultAction: seccomp.ActionErrno, // EPERM
 		Syscalls: []seccomp.SyscallGroup{{
 			Action:             seccomp.ActionAllow,
-			Names:              append(append([]string(nil), runSyscalls...), extra...),
-			NamesWithCondtions: []seccomp.NameWithConditions{cloneThreadOnly},
+			Names:              names,
+			NamesWithCondtions: conds,
 		}},
 	}
 }
@@ -60,14 +91,14 @@ func Policy(extra ...string) seccomp.Policy {
 // (SECCOMP_FILTER_FLAG_TSYNC; threads started later inherit it) and sets
 // no_new_privs. It cannot be undone: call it once the VM is set up,
 // every file opened and every device created.
-func Seccomp(extra ...string) error {
+func Seccomp(r Rules) error {
 	if !seccomp.Supported() {
 		return fmt.Errorf("seccomp: this kernel has no seccomp filters")
 	}
 	err := seccomp.LoadFilter(seccomp.Filter{
 		NoNewPrivs: true,
 		Flag:       seccomp.FilterFlagTSync,
-		Policy:     Policy(extra...),
+		Policy:     Policy(r),
 	})
 	if err != nil {
 		return fmt.Errorf("seccomp: %w", err)

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 // seccompChild installs the filter, then reports one line per check on
 // stdout: "ok NAME" or "bad NAME: why".
 func seccompChild() int {
-	if err := Seccomp(); err != nil {
+	if err := Seccomp(Rules{Ioctls: []uint64{unix.TCGETS}, SocketFamilies: []int{unix.AF_UNIX}}); err != nil {
 		println("bad install:", err.Error())
 		return 1
 	}
@@ -61,8 +61,24 @@ func seccompChild() int {
 	}()
 	report("open on a new thread", <-done, true)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	report("socket", err, false)
+	report("socket of an allowed family", err, false)
 	unix.Close(fd)
+	_, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	report("socket of another family", err, true)
+	_, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, 0)
+	report("netlink socket", err, true)
+	// ioctl: only the requests allowed. TCGETS on a pipe fails with
+	// ENOTTY (it ran); TIOCSTI is refused before it runs.
+	pr, pw, _ := os.Pipe()
+	_, err = unix.IoctlGetTermios(int(pr.Fd()), unix.TCGETS)
+	if errors.Is(err, unix.ENOTTY) {
+		err = nil
+	}
+	report("allowed ioctl", err, false)
+	report("TIOCSTI", unix.IoctlSetPointerInt(int(pr.Fd()), unix.TIOCSTI, 'x'), true)
+	pr.Close()
+	pw.Close()
+	report("unlink", unix.Unlink("/nonexistent"), true)
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	report("eventfd", err, false)
 	unix.Close(efd)
@@ -94,8 +110,8 @@ func TestSeccompRefusesWhatARunningVMMNeverDoes(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 10 {
-		t.Fatalf("child reported %d checks, want 10:\n%s", len(lines), out)
+	if len(lines) != 15 {
+		t.Fatalf("child reported %d checks, want 15:\n%s", len(lines), out)
 	}
 	for _, l := range lines {
 		if !strings.HasPrefix(l, "ok ") {

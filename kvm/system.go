@@ -269,3 +269,11 @@ func readTrim(p string) string {
 	}
 	return string(b)
 }
+
+// RunIoctls are the ioctl requests a VM makes once it is set up: running
+// vCPUs, reading their registers for a crash report, and driving
+// interrupt lines (the serial port, and virtio devices without irqfd). A
+// seccomp filter may allow these and no other KVM ioctl.
+func RunIoctls() []uint64 {
+	return []uint64{ioctlRun, ioctlGetRegs, ioctlGetSregs, ioctlIRQLine}
+}

@@ -27,6 +27,10 @@ const (
 // KVMDevice is the KVM device node.
 const KVMDevice = kvm.DevicePath
 
+// RunIoctls are the KVM ioctl requests a set-up VM still makes (see
+// kvm.RunIoctls), for a seccomp filter.
+func RunIoctls() []uint64 { return kvm.RunIoctls() }
+
 // ErrNoKVM reports that /dev/kvm is missing or cannot be opened.
 var ErrNoKVM = kvm.ErrNoKVM
 

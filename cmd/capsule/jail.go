@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/capsule-vm/capsule/jail"
 	"github.com/capsule-vm/capsule/vmm"
@@ -145,4 +146,27 @@ func runJailed(j *jailFlags, cfg vmm.Config, args []string, stderr io.Writer) er
 		return exitError{ee.ExitCode()}
 	}
 	return werr
+}
+
+// seccompRules are what the seccomp filter must allow for cfg's devices.
+func seccompRules(cfg vmm.Config) jail.Rules {
+	r := jail.Rules{Ioctls: append(vmm.RunIoctls(), jail.TerminalIoctls...)}
+	inet, tap := false, false
+	for _, d := range cfg.Devices {
+		switch d := d.(type) {
+		case vmm.Vsock:
+			r.SocketFamilies = append(r.SocketFamilies, unix.AF_UNIX)
+			r.Unlink = true
+		case vmm.Net:
+			inet = inet || d.User
+			tap = tap || !d.User
+		}
+	}
+	if inet {
+		r.SocketFamilies = append(r.SocketFamilies, unix.AF_INET, unix.AF_INET6)
+	}
+	if tap {
+		r.Ioctls = append(r.Ioctls, jail.TAPIoctls...)
+	}
+	return r
 }

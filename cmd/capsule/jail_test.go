@@ -152,3 +152,35 @@ func TestJailStatusAndErrors(t *testing.T) {
 		t.Errorf("jail directory not emptied: %v", ents)
 	}
 }
+
+// Without a jail, a VMM started as root keeps root's user but none of its
+// capabilities once the VM is set up, and runs under the seccomp filter.
+func TestRunningVMMHoldsNoPrivileges(t *testing.T) {
+	kvmtest.Open(t)
+	if os.Geteuid() != 0 {
+		t.Skip("checks what a VMM started as root gives up")
+	}
+	cmd := capsuleCmd(t, binary(t), "run", "--kernel", "../../testdata/guests/spin.elf", "--cpus", "2")
+	startSpinning(t, cmd)
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	pid := cmd.Process.Pid
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, want := range []string{"CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "Seccomp:\t2", "NoNewPrivs:\t1"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("thread %d lacks %q", tid, want)
+			}
+		}
+	}
+}

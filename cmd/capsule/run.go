@@ -114,8 +114,14 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 		return err
 	}
 	defer vm.Close()
-	if jf.child {
+	switch {
+	case jf.child:
 		if err := jail.Drop(js.UID, js.GID); err != nil {
+			return err
+		}
+	case os.Geteuid() == 0:
+		// Everything is open: root's powers are no longer needed.
+		if err := jail.DropCapabilities(); err != nil {
 			return err
 		}
 	}
@@ -150,7 +156,7 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	}
 	defer con.stop() // on every path, a panic included; stop runs once
 	if seccompOn {
-		if err := jail.Seccomp(); err != nil {
+		if err := jail.Seccomp(seccompRules(cfg)); err != nil {
 			return err
 		}
 	}
