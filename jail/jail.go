@@ -73,8 +73,11 @@ func (s Spec) Check() error {
 	if s.UID <= 0 || s.GID <= 0 {
 		return fmt.Errorf("jail user %d:%d: the VMM must run as a user and group other than root", s.UID, s.GID)
 	}
-	if s.CPUs < 0 || s.MemoryMiB < 0 {
-		return errors.New("jail limits must not be negative")
+	if !(s.CPUs >= 0 && s.CPUs <= 4096) {
+		return fmt.Errorf("jail CPU limit %g: want 0 (none) to 4096 CPUs", s.CPUs)
+	}
+	if s.MemoryMiB < 0 || s.MemoryMiB > 1<<30 {
+		return fmt.Errorf("jail memory limit %d MiB: want 0 (none) to %d MiB", s.MemoryMiB, 1<<30)
 	}
 	for _, b := range s.Binds {
 		if !filepath.IsAbs(b.Jail) || filepath.Clean(b.Jail) != b.Jail || b.Jail == "/" {
@@ -92,9 +95,10 @@ func (s Spec) Check() error {
 
 // Jailed is a started jail: the process and what Cleanup removes.
 type Jailed struct {
-	Cmd    *exec.Cmd
-	spec   Spec
-	cgroup string // the cgroup directory, or ""
+	Cmd     *exec.Cmd
+	spec    Spec
+	created bool   // Dir/ID is this jail's: Cleanup removes it
+	cgroup  string // the cgroup directory, or ""
 }
 
 // Start prepares the jail and starts cmd (an *exec.Cmd not yet started:
@@ -142,6 +146,7 @@ func (j *Jailed) prepare() error {
 		}
 		return fmt.Errorf("jail %s: %w", top, unwrapPath(err))
 	}
+	j.created = true
 	// The root stays root's: the VMM creates its sockets there while it is
 	// still root, and the jail's user may write nothing in it.
 	root := s.Root()
@@ -202,9 +207,11 @@ func (j *Jailed) Cleanup() error {
 			errs = append(errs, fmt.Errorf("cgroup %s: %w", j.cgroup, unwrapPath(err)))
 		}
 	}
-	top := filepath.Join(j.spec.Dir, j.spec.ID)
-	if err := os.RemoveAll(top); err != nil {
-		errs = append(errs, fmt.Errorf("jail %s: %w", top, unwrapPath(err)))
+	if j.created {
+		top := filepath.Join(j.spec.Dir, j.spec.ID)
+		if err := os.RemoveAll(top); err != nil {
+			errs = append(errs, fmt.Errorf("jail %s: %w", top, unwrapPath(err)))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -263,6 +270,16 @@ func Enter(s Spec) error {
 	}
 	if err := unix.Sethostname([]byte(s.ID)); err != nil {
 		return fmt.Errorf("jail: hostname: %w", err)
+	}
+	return nil
+}
+
+// Sealed ends what only set-up needed: the jail's /proc is unmounted
+// (descriptors already open in it stay valid). Call it once the VM is set
+// up, before Drop.
+func Sealed() error {
+	if err := unix.Unmount("/proc", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("jail: unmount /proc: %w", err)
 	}
 	return nil
 }

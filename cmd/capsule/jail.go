@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 
@@ -71,7 +72,7 @@ func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
 	}
 	bind(vmm.KVMDevice, vmm.KVMDevice, true)
 	in.Devices = nil
-	tun := false
+	tun, resolv := false, false
 	for i, d := range cfg.Devices {
 		switch d := d.(type) {
 		case vmm.Disk:
@@ -86,6 +87,13 @@ func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
 			in.Devices = append(in.Devices, d)
 		case vmm.Net:
 			s.HostNetwork = true
+			if d.User && !resolv {
+				// The user network forwards DNS to the host's resolver.
+				if _, err := os.Stat(resolvConf); err == nil {
+					resolv = true
+					bind(resolvConf, resolvConf, false)
+				}
+			}
 			if !d.User && !tun {
 				tun = true
 				bind("/dev/net/tun", "/dev/net/tun", true)
@@ -96,6 +104,32 @@ func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
 		}
 	}
 	return s, in, nil
+}
+
+// resolvConf names the host's DNS resolvers.
+const resolvConf = "/etc/resolv.conf"
+
+// parentFD is the descriptor of a jailed VMM that its parent holds the
+// other end of: it reads end of file when the parent is gone.
+const parentFD = 3
+
+// watchParent calls gone when the jail's parent process ends (its end of
+// the pipe at parentFD closes), so that a jailed VMM whose parent was
+// killed stops cleanly instead of running on unattended.
+func watchParent(gone func()) {
+	f := os.NewFile(parentFD, "parent")
+	if f == nil {
+		return
+	}
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := f.Read(b[:]); err != nil {
+				gone()
+				return
+			}
+		}
+	}()
 }
 
 // runJailed starts this program again in the jail, with the same
@@ -110,12 +144,26 @@ func runJailed(j *jailFlags, cfg vmm.Config, args []string, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("/proc/self/exe", append([]string{"run"}, append(args, "--jail-child")...)...)
+	// The jail's own flags go first, before the user's.
+	cmd := exec.Command("/proc/self/exe", append([]string{"run", "--jail-child"}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// The child learns of this process's end by the pipe, which works
+	// whatever credentials it has by then (a parent-death signal does not
+	// survive its change of user).
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pw.Close()
+	cmd.ExtraFiles = []*os.File{pr} // parentFD
+	// The parent-death signal is tied to the thread that forks.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	jailed, err := jail.Start(s, cmd)
+	pr.Close()
 	if err != nil {
 		return err
 	}

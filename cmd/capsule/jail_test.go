@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/capsule-vm/capsule/internal/kvmtest"
 )
 
@@ -112,6 +114,18 @@ func TestJailedVMMIsConfined(t *testing.T) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/kernel", vmm)); err != nil {
 		t.Errorf("the jailed VMM has no /kernel: %v", err)
 	}
+	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/proc", vmm)); err != nil || len(ents) != 0 {
+		t.Errorf("the jailed VMM still has /proc mounted after set-up (%d entries, %v)", len(ents), err)
+	}
+	// A second VM asking for the same jail is refused and takes nothing
+	// of the first's.
+	status, _, stderr2 := runMain("run", "--jail", dir, "--jail-id", "t1", "--kernel", "../../testdata/guests/hello.elf")
+	if status != 1 || !strings.Contains(stderr2, "exists already") {
+		t.Errorf("second VM in jail t1: status %d, %q", status, stderr2)
+	}
+	if _, err := os.Stat(filepath.Join(root, "v.sock")); err != nil {
+		t.Errorf("the second VM's failure removed the first's jail: %v", err)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -182,5 +196,29 @@ func TestRunningVMMHoldsNoPrivileges(t *testing.T) {
 				t.Errorf("thread %d lacks %q", tid, want)
 			}
 		}
+	}
+}
+
+// A jailed VMM whose parent is killed (so no one would ever clean up
+// after it or pass it a signal) stops by itself.
+func TestJailedVMMStopsWhenItsParentDies(t *testing.T) {
+	kvmtest.Open(t)
+	dir := jailDir(t)
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(dir, "orphan")) }) // the parent could not
+	cmd := capsuleCmd(t, binary(t), "run", "--jail", dir, "--jail-id", "orphan", "--kernel", "../../testdata/guests/spin.elf")
+	startSpinning(t, cmd)
+	vmm := childOf(t, cmd.Process.Pid)
+	pidfd, err := unix.PidfdOpen(vmm, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	cmd.Process.Kill()
+	cmd.Wait()
+	// The VMM's pidfd becomes readable when it exits.
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 10000); err != nil || n != 1 {
+		syscall.Kill(vmm, syscall.SIGKILL)
+		t.Fatalf("the jailed VMM still runs 10 s after its parent was killed (poll %d, %v)", n, err)
 	}
 }

@@ -26,6 +26,9 @@ const (
 // errConsoleStop is the context cause when the user types Ctrl-A x.
 var errConsoleStop = errors.New("stopped from the console (Ctrl-A x)")
 
+// errParentGone is the context cause when a jailed VMM's parent ends.
+var errParentGone = errors.New("the jail's parent process ended")
+
 // errTimeout is the context cause when --timeout expires.
 var errTimeout = errors.New("--timeout reached")
 
@@ -116,6 +119,9 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	defer vm.Close()
 	switch {
 	case jf.child:
+		if err := jail.Sealed(); err != nil {
+			return err
+		}
 		if err := jail.Drop(js.UID, js.GID); err != nil {
 			return err
 		}
@@ -139,8 +145,11 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 		t := time.AfterFunc(timeout, func() { cancel(errTimeout) })
 		defer t.Stop()
 	}
+	if jf.child {
+		watchParent(func() { cancel(errParentGone) })
+	}
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	go func() {
 		select {
