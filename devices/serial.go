@@ -71,6 +71,7 @@ type Serial struct {
 	thrPending              bool // THRE interrupt pending
 	rx                      []byte
 	level                   bool // current IRQ line level
+	irqFailed               bool // driving the line failed (reported once)
 }
 
 // NewSerial returns a UART writing to out and raising irq. Output reaches
@@ -236,7 +237,8 @@ func (s *Serial) updateIRQ() {
 		return
 	}
 	s.level = level
-	if err := s.irq.SetLevel(level); err != nil {
+	if err := s.irq.SetLevel(level); err != nil && !s.irqFailed {
+		s.irqFailed = true // once: a guest can toggle the line at will
 		slog.Warn("serial interrupt", "err", err)
 	}
 }

@@ -53,7 +53,7 @@ func (l *deviceLog) printf(format string, args ...any) {
 		return
 	}
 	l.lines++
-	fmt.Fprintf(l.out, l.prefix+format+"\n", args...)
+	fmt.Fprintf(l.out, "%s"+format+"\n", append([]any{l.prefix}, args...)...) // a path in the prefix may hold a %
 }
 
 // flush reports lines suppressed in the current window.

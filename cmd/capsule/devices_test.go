@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -121,5 +122,29 @@ func TestRateOptions(t *testing.T) {
 		if _, err := parseDisk(bad); err == nil || !strings.Contains(err.Error(), "want a positive number") {
 			t.Errorf("--disk %s: %v", bad, err)
 		}
+	}
+}
+
+// blockingWriter never returns from Write until released.
+type blockingWriter struct{ release chan struct{} }
+
+func (b blockingWriter) Write(p []byte) (int, error) { <-b.release; return len(p), nil }
+
+func TestTimedWriterGivesUpOnAStalledReader(t *testing.T) {
+	b := blockingWriter{make(chan struct{})}
+	defer close(b.release)
+	w := newTimedWriter(b, 20*time.Millisecond)
+	start := time.Now()
+	for range 3 {
+		if n, err := w.Write([]byte("line\n")); n != 5 || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	// The first write waits its limit; the ones after see the stall.
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("three writes to a stalled reader took %v", d)
+	}
+	if !w.stuck {
+		t.Fatal("the writer did not notice the stall")
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	_ "github.com/capsule-vm/capsule/internal/proc" // start the process clock first
 	"github.com/spf13/pflag"
@@ -77,7 +79,44 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	os.Exit(mainStatus(os.Args[1:], os.Stdout, os.Stderr))
+	// capsule's own messages never hold up its exit: a stderr nobody
+	// reads (a full pipe) gets a second, then loses what follows.
+	os.Exit(mainStatus(os.Args[1:], os.Stdout, newTimedWriter(os.Stderr, time.Second)))
+}
+
+// timedWriter writes to w on a goroutine and waits at most limit for each
+// write; once one has not finished in time, it drops everything after.
+type timedWriter struct {
+	w     io.Writer
+	limit time.Duration
+	mu    sync.Mutex
+	stuck bool
+}
+
+func newTimedWriter(w io.Writer, limit time.Duration) *timedWriter {
+	return &timedWriter{w: w, limit: limit}
+}
+
+func (t *timedWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stuck {
+		return len(p), nil
+	}
+	done := make(chan struct{})
+	buf := append([]byte(nil), p...) // the write may outlive this call
+	go func() {
+		t.w.Write(buf)
+		close(done)
+	}()
+	timer := time.NewTimer(t.limit)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.stuck = true
+	}
+	return len(p), nil
 }
 
 // mainStatus runs the command line args and returns the process's exit
