@@ -35,7 +35,7 @@ HOSTILE_CFLAGS = -ffreestanding -nostdlib -static -no-pie -O2 -mno-red-zone -fno
 IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
-.PHONY: all deps demo test test-host test-rig fuzz fuzz-long vet clean images demo-images bench bench-io
+.PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io
 
 all: bin/capsule bin/kvmrig $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -115,7 +115,7 @@ bench-io: deps all images
 	@args="$(BENCH_IO_ARGS) --workload disk"; $(BENCH_VMM)
 	@args="$(BENCH_IO_ARGS) --workload net"; $(BENCH_VMM)
 
-test: deps all vet test-host test-rig fuzz
+test: deps all vet test-host test-race test-rig fuzz
 
 vet:
 	$(GO) vet ./...
@@ -125,6 +125,12 @@ vet:
 # missing, and run for real in test-rig.
 test-host: all images
 	$(GO) test -count=1 ./...
+
+# The device packages and the transport under the race detector (it needs
+# cgo, so this one command builds with it): resets under traffic, the
+# console and log buffers, the rate limiters.
+test-race: all
+	CGO_ENABLED=1 $(GO) test -count=1 -race ./virtio/... ./devices ./internal/ratelimit
 
 # The KVM packages again, inside the nested rig, where skipping is an error.
 test-rig: all images
