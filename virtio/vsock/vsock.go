@@ -18,10 +18,20 @@
 // Nothing a guest sends or fails to read makes capsule hold more than
 // fixed amounts, whatever credit the guest advertises:
 //
-//   - Guest to host: the guest may send BufAlloc bytes per connection
-//     beyond what the host program has read (the credit capsule gives); a
-//     guest that sends more is reset. At most MaxConns connections are
-//     live at once.
+//   - Guest to host: capsule counts what it has received from the guest
+//     and not yet written to the host socket (the write in progress
+//     included), and resets a guest whose count passes the buffer space
+//     offered to the connection (buf_alloc, the credit). Every connection
+//     is offered MinBufAlloc, and more, up to BufAlloc, from 4 MiB shared
+//     by the device's connections, first come, first served: when the
+//     connection is made and whenever its data is written, it takes what
+//     is left. The offer only grows (a guest that computes its credit in
+//     unsigned 32-bit arithmetic would wrap if buf_alloc fell below what
+//     it has in flight) and is given back when the connection closes.
+//     fwd_cnt is always what was written, so a guest that obeys its
+//     credit never makes a device hold more than MaxDeviceCredit (8 MiB:
+//     MaxConns × MinBufAlloc and the shared 4 MiB), and one that does not
+//     is reset first. At most MaxConns connections are live at once.
 //   - Host to guest: capsule reads a host socket only while the guest's
 //     credit allows, and holds at most MaxConnBuffered bytes of a
 //     connection's data, and MaxDeviceBuffered bytes over all of a
@@ -62,6 +72,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,9 +82,20 @@ import (
 const (
 	// QueueSize is the size of each of the three queues.
 	QueueSize = 256
-	// BufAlloc is the buffer space capsule offers each connection for
+	// BufAlloc is the most buffer space capsule offers a connection for
 	// data from the guest: the most guest data it holds per connection.
 	BufAlloc = 256 << 10
+	// MinBufAlloc is the buffer space every connection is offered
+	// whatever the others hold, so that none is starved of credit.
+	MinBufAlloc = 4 << 10
+	// MaxDeviceCredit is the most buffer space capsule offers all
+	// connections of one device together for data from the guest, and so
+	// the most guest data it holds for one device: MinBufAlloc for each
+	// of MaxConns connections (4 MiB) and 4 MiB shared out beyond that.
+	MaxDeviceCredit = MaxConns*MinBufAlloc + sharedCredit
+	// sharedCredit is the buffer space shared out among a device's
+	// connections beyond MinBufAlloc each, first come, first served.
+	sharedCredit = 4 << 20
 	// MaxConnBuffered is the most host data capsule holds for one
 	// connection waiting for guest receive buffers (less when the guest's
 	// credit is smaller).
@@ -131,6 +153,13 @@ type Device struct {
 	held     int           // host data held for the guest, all connections
 	wake     chan struct{} // something was queued
 
+	// What the guest may send: the buffer space offered beyond
+	// MinBufAlloc per connection, all connections (at most
+	// sharedCredit), and the guest data received and not yet written to
+	// a host socket, all connections (atomic: updated under a conn's mu).
+	extraCredit int
+	guestHeld   atomic.Int64
+
 	droppedResets  uint64
 	refusedSockets uint64
 	warnOnce       sync.Once
@@ -140,6 +169,8 @@ type Device struct {
 type Stats struct {
 	Conns          int    // live connections
 	Buffered       int    // host data held for the guest (at most MaxDeviceBuffered)
+	GuestBuffered  int    // guest data held for host sockets (at most GuestCredit)
+	GuestCredit    int    // buffer space offered to the guest (at most MaxDeviceCredit)
 	Ready          int    // connections with packets owed to the guest
 	PendingResets  int    // resets queued for gone connections (at most MaxPendingResets)
 	DroppedResets  uint64 // resets dropped because the queue was full
@@ -152,6 +183,7 @@ func (d *Device) Stats() Stats {
 	defer d.mu.Unlock()
 	return Stats{
 		Conns: len(d.live), Buffered: d.held, Ready: len(d.readyq), PendingResets: len(d.resets),
+		GuestBuffered: int(d.guestHeld.Load()), GuestCredit: len(d.live)*MinBufAlloc + d.extraCredit,
 		DroppedResets: d.droppedResets, RefusedSockets: d.refusedSockets,
 	}
 }
