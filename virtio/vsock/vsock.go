@@ -76,6 +76,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/capsule-vm/capsule/internal/backoff"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
@@ -219,7 +220,7 @@ func Open(cid uint64, path string) (*Device, error) {
 		nextPort: 1 << 30, wake: make(chan struct{}, 1), resetSet: map[connKey]struct{}{},
 	}
 	d.cond.L = &d.mu
-	go d.acceptLoop()
+	go d.acceptLoop(d.ln)
 	return d, nil
 }
 
@@ -621,23 +622,11 @@ func (d *Device) refuse(err error) {
 	})
 }
 
-// acceptLoop serves host connections to the device's socket until Close.
-func (d *Device) acceptLoop() {
-	for {
-		s, err := d.ln.AcceptUnix()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			var se syscall.Errno
-			if errors.As(err, &se) && se.Temporary() {
-				time.Sleep(10 * time.Millisecond) // e.g. EMFILE: back off
-				continue
-			}
-			return
-		}
-		go d.serveHost(s)
-	}
+// acceptLoop serves host connections to l, the device's socket, until
+// Close. No error but the listener's closing ends it: after any other
+// (EMFILE, ECONNABORTED...) it backs off and goes on.
+func (d *Device) acceptLoop(l net.Listener) {
+	backoff.Accept(l, d.done, func(s net.Conn) { go d.serveHost(s.(*net.UnixConn)) })
 }
 
 // readLine reads one line of at most max bytes, byte by byte so that

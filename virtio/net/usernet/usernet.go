@@ -74,6 +74,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/capsule-vm/capsule/internal/backoff"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 )
 
@@ -158,9 +159,6 @@ const (
 const (
 	// dialTimeout bounds a connection from the guest to the host side.
 	dialTimeout = 10 * time.Second
-	// maxBackoff is the longest an accept or receive loop waits after an
-	// error (EMFILE, ENFILE, ECONNABORTED...) before it tries again.
-	maxBackoff = time.Second
 )
 
 // Options configure a user-mode network; the zero value has no host port
@@ -618,37 +616,11 @@ func (n *Net) relayUDP(f *udpFlow, dst, src net.Conn) {
 	}
 }
 
-// pause waits after an error of an accept or receive loop, doubling
-// *delay from 5 ms up to maxBackoff; it reports false once the network is
-// closed, when the loop must end.
-func (n *Net) pause(delay *time.Duration) bool {
-	*delay = min(max(2**delay, 5*time.Millisecond), maxBackoff)
-	t := time.NewTimer(*delay)
-	defer t.Stop()
-	select {
-	case <-n.ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // acceptLoop accepts host connections on l for handle until the network
-// is closed. No error but the listener's closing ends it: after a
-// temporary one (EMFILE, ENFILE, ECONNABORTED...) it backs off and goes on.
+// is closed. No error but the listener's closing ends it: after any other
+// (EMFILE, ENFILE, ECONNABORTED...) it backs off and goes on.
 func (n *Net) acceptLoop(l net.Listener, handle func(net.Conn)) {
-	var delay time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
-				return
-			}
-			continue
-		}
-		delay = 0
-		handle(c)
-	}
+	backoff.Accept(l, n.ctx.Done(), handle)
 }
 
 // listen opens the host side of a forward.
@@ -723,16 +695,16 @@ func (n *Net) listenUDP(hostport string, guest tcpip.FullAddress, f HostFwd) err
 	var last net.Addr
 	n.spawn(func() {
 		buf := make([]byte, 65535)
-		var delay time.Duration
+		var delay backoff.Delay
 		for {
 			k, from, err := pc.ReadFrom(buf)
 			if err != nil {
-				if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
+				if errors.Is(err, net.ErrClosed) || !delay.Wait(n.ctx.Done()) {
 					return
 				}
 				continue
 			}
-			delay = 0
+			delay.Reset()
 			peer.Lock()
 			last = from
 			peer.Unlock()
@@ -741,16 +713,16 @@ func (n *Net) listenUDP(hostport string, guest tcpip.FullAddress, f HostFwd) err
 	})
 	n.spawn(func() {
 		buf := make([]byte, 65535)
-		var delay time.Duration
+		var delay backoff.Delay
 		for {
 			k, err := gc.Read(buf)
 			if err != nil {
-				if errors.Is(err, net.ErrClosed) || n.ctx.Err() != nil || !n.pause(&delay) {
+				if errors.Is(err, net.ErrClosed) || n.ctx.Err() != nil || !delay.Wait(n.ctx.Done()) {
 					return
 				}
 				continue
 			}
-			delay = 0
+			delay.Reset()
 			peer.Lock()
 			to := last
 			peer.Unlock()
