@@ -51,7 +51,11 @@
 //
 // PATH is created with mode SocketMode (0600) whatever the umask, in a
 // directory that belongs to capsule's user or root and that other users
-// cannot write unless it is sticky (/tmp). A stale socket at PATH is
+// cannot write unless it is sticky (/tmp). Symbolic links in PATH's
+// directory are resolved once, when the device opens, and the directory
+// checked is the one they lead to; the device names PATH, and PATH_P,
+// by that real path from then on (Path), so a link changed later
+// redirects nothing. A stale socket at PATH is
 // replaced only when it is capsule's user's own and nobody listens on it;
 // nothing else is ever removed, and Close removes the socket capsule made.
 //
@@ -209,7 +213,7 @@ func Open(cid uint64, path string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, id, err := listen(path)
+	ln, id, path, err := listen(path)
 	if err != nil {
 		syscall.Close(cidLock)
 		return nil, err
@@ -235,7 +239,8 @@ func unwrapOp(err error) error {
 // CID is the guest's context ID.
 func (d *Device) CID() uint64 { return d.cid }
 
-// Path is the Unix socket the device listens on.
+// Path is the Unix socket the device listens on, in its directory's real
+// path (symbolic links resolved when the device opened).
 func (d *Device) Path() string { return d.path }
 
 // Close resets the device, stops listening, removes the socket file it
