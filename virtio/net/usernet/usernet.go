@@ -41,8 +41,11 @@
 // without an ICMP error. Host port forwards (hostfwd) work in every mode.
 //
 // What one guest may hold on the host is bounded: MaxTCPConns spliced
-// TCP connections, MaxUDPFlows UDP flows (each idle at most UDPIdle), and
-// Close ends them all at once, whatever the host peers do.
+// TCP connections, each with a send and a receive buffer in the netstack
+// of TCPBufSize that auto-tuning grows to MaxTCPBufSize at most (so at
+// most MaxTCPConns × 2 × MaxTCPBufSize = 256 MiB, and 32 MiB of copy
+// buffers), MaxUDPFlows UDP flows (each idle at most UDPIdle), and Close
+// ends them all at once, whatever the host peers do.
 package usernet
 
 import (
@@ -154,6 +157,14 @@ const (
 	MaxUDPFlows = 256
 	// UDPIdle ends a UDP flow without traffic either way for this long.
 	UDPIdle = 60 * time.Second
+	// TCPBufSize is the send and the receive buffer a TCP connection
+	// starts with in capsule's netstack (gVisor's default is 1 MiB).
+	TCPBufSize = 64 << 10
+	// MaxTCPBufSize bounds each of those buffers however gVisor's
+	// auto-tuning grows them, so that a spliced connection holds at most
+	// 2 × MaxTCPBufSize in the netstack (and 2 × 32 KiB of copy buffers),
+	// and MaxTCPConns of them at most 256 MiB (288 MiB).
+	MaxTCPBufSize = 256 << 10
 )
 
 const (
@@ -215,6 +226,9 @@ func New(opts Options) (*Net, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 		HandleLocal:        false,
 	})
+	if err := boundTCPBuffers(s); err != nil {
+		return nil, err
+	}
 	ep := channel.New(512, mtu, tcpip.LinkAddress(gatewayHW))
 	if err := s.CreateNIC(nicID, ethernet.New(ep)); err != nil {
 		return nil, fmt.Errorf("user network: create NIC: %s", err)
@@ -247,7 +261,9 @@ func New(opts Options) (*Net, error) {
 		d := &net.Dialer{Timeout: dialTimeout}
 		n.dial = d.DialContext
 	}
-	tf := tcp.NewForwarder(s, 0, 1024, n.forwardTCP)
+	// The forwarder gives the endpoints it accepts its own receive
+	// buffer size (0: 1 MiB), whatever the protocol's default.
+	tf := tcp.NewForwarder(s, TCPBufSize, 1024, n.forwardTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
 	uf := udp.NewForwarder(s, n.forwardUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
@@ -614,6 +630,22 @@ func (n *Net) relayUDP(f *udpFlow, dst, src net.Conn) {
 		f.touch()
 		dst.Write(buf[:k])
 	}
+}
+
+// boundTCPBuffers makes TCPBufSize the send and receive buffer of every
+// TCP endpoint of s and MaxTCPBufSize the most auto-tuning grows either
+// to (receive auto-tuning stays on: gVisor caps it at that maximum, as it
+// does the send side's).
+func boundTCPBuffers(s *stack.Stack) error {
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: TCPBufSize, Max: MaxTCPBufSize}
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		return fmt.Errorf("user network: TCP send buffer: %s", err)
+	}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: TCPBufSize, Max: MaxTCPBufSize}
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		return fmt.Errorf("user network: TCP receive buffer: %s", err)
+	}
+	return nil
 }
 
 // acceptLoop accepts host connections on l for handle until the network
