@@ -32,12 +32,19 @@ type conn struct {
 	respOnce sync.Once
 	owe      int // owe* bits
 
-	// Guest to host: data not yet written to the socket, and the count
-	// of bytes written (fwdCnt) and last told to the guest.
-	wbuf        []byte
-	fwdCnt      uint32
-	lastFwdSent uint32
-	guestDone   bool // the guest will send nothing more
+	// Guest to host: the buffer space offered to the guest (bufAlloc,
+	// which only grows, reserved from the device's credit), data not yet
+	// handed to the socket (wbuf), the bytes received and not yet
+	// written, wbuf and the write in progress together (pending, at most
+	// bufAlloc), the count of bytes written (fwdCnt) and the credit last
+	// told to the guest.
+	bufAlloc      uint32
+	wbuf          []byte
+	pending       int
+	fwdCnt        uint32
+	lastFwdSent   uint32
+	lastAllocSent uint32
+	guestDone     bool // the guest will send nothing more
 
 	// Host to guest: data read from the socket and not yet in a guest
 	// buffer (at most MaxConnBuffered, counted in d.held too), the
@@ -50,12 +57,39 @@ type conn struct {
 	hostStop     bool // the guest will receive nothing more
 }
 
-// newConn makes a connection and counts it as live; c.d.mu held.
+// newConn makes a connection, counts it as live and offers it
+// MinBufAlloc of buffer space and as much more, up to BufAlloc, as the
+// device's shared credit has left; c.d.mu held.
 func newConn(d *Device, key connKey) *conn {
-	c := &conn{d: d, key: key}
+	extra := min(BufAlloc-MinBufAlloc, sharedCredit-d.extraCredit)
+	c := &conn{d: d, key: key, bufAlloc: uint32(MinBufAlloc + extra)}
 	c.cond.L = &c.mu
 	d.live[c] = struct{}{}
+	d.extraCredit += extra
 	return c
+}
+
+// grow offers the connection more buffer space, up to BufAlloc, from what
+// the device's shared credit has left; true if it grew. Buffer space is
+// never taken back: a guest that computes its credit in unsigned 32-bit
+// arithmetic would see a huge credit if buf_alloc fell below what it has
+// in flight.
+func (c *conn) grow() bool {
+	d := c.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.bufAlloc >= BufAlloc {
+		return false
+	}
+	extra := min(BufAlloc-int(c.bufAlloc), sharedCredit-d.extraCredit)
+	if extra <= 0 {
+		return false
+	}
+	c.bufAlloc += uint32(extra)
+	d.extraCredit += extra
+	return true
 }
 
 func (c *conn) isClosed() bool {
@@ -130,8 +164,8 @@ func (c *conn) next(buf []byte, max int) (n, released int, more bool) {
 	}
 	// Every packet carries the credit: no separate update is owed.
 	c.owe &^= oweCredit
-	c.lastFwdSent = c.fwdCnt
-	h.BufAlloc, h.FwdCnt = BufAlloc, c.fwdCnt
+	c.lastFwdSent, c.lastAllocSent = c.fwdCnt, c.bufAlloc
+	h.BufAlloc, h.FwdCnt = c.bufAlloc, c.fwdCnt
 	h.Len = uint32(len(data))
 	h.Put(buf)
 	n = HeaderSize + copy(buf[HeaderSize:], data)
@@ -165,18 +199,21 @@ func (c *conn) accepted() {
 }
 
 // fromGuest queues data for the socket; a guest that overruns its credit
-// gets a reset.
+// (more than bufAlloc bytes received and not yet written, counting the
+// write in progress) gets a reset.
 func (c *conn) fromGuest(data []byte) {
 	c.mu.Lock()
 	if c.closed || c.guestDone {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.wbuf)+len(data) > BufAlloc {
+	if c.pending+len(data) > int(c.bufAlloc) {
 		c.mu.Unlock()
 		c.reset()
 		return
 	}
+	c.pending += len(data)
+	c.d.guestHeld.Add(int64(len(data)))
 	c.wbuf = append(c.wbuf, data...)
 	c.cond.Broadcast()
 	c.mu.Unlock()
@@ -237,7 +274,9 @@ func (c *conn) close() {
 	}
 	c.closed = true
 	d.held -= len(c.rdata)
-	c.rdata, c.wbuf, c.owe = nil, nil, 0
+	d.extraCredit -= int(c.bufAlloc) - MinBufAlloc
+	d.guestHeld.Add(-int64(c.pending))
+	c.rdata, c.wbuf, c.pending, c.owe = nil, nil, 0, 0
 	s := c.sock
 	c.cond.Broadcast()
 	c.mu.Unlock()
@@ -340,10 +379,14 @@ func (c *conn) toHost() {
 			return
 		}
 		c.mu.Lock()
-		c.fwdCnt += uint32(len(data))
-		update := c.fwdCnt-c.lastFwdSent >= BufAlloc/2
+		if !c.closed { // close let go of what was pending
+			c.fwdCnt += uint32(len(data))
+			c.pending -= len(data)
+			c.d.guestHeld.Add(-int64(len(data)))
+		}
+		update := c.fwdCnt-c.lastFwdSent >= c.bufAlloc/2
 		c.mu.Unlock()
-		if update {
+		if c.grow() || update {
 			c.tell(oweCredit)
 		}
 	}

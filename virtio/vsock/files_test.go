@@ -123,6 +123,48 @@ func TestSocketFiles(t *testing.T) {
 		}
 		d.Close()
 	})
+	t.Run("a linked directory is used by its real path", func(t *testing.T) {
+		top := tempDir(t, 0o700)
+		mine, other := filepath.Join(top, "mine"), filepath.Join(top, "other")
+		os.Mkdir(mine, 0o700)
+		os.Mkdir(other, 0o700)
+		link := filepath.Join(top, "link")
+		if err := os.Symlink(mine, link); err != nil {
+			t.Fatal(err)
+		}
+		d, err := vsock.Open(guestCID, filepath.Join(link, "s"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		real, _ := filepath.EvalSymlinks(filepath.Join(mine, "s"))
+		if d.Path() != real {
+			t.Errorf("Path %s, want %s", d.Path(), real)
+		}
+		// The link now leads elsewhere: capsule's socket stays where
+		// it was checked, and Close removes it there.
+		os.Remove(link)
+		os.Symlink(other, link)
+		if fi, err := os.Lstat(filepath.Join(mine, "s")); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("socket in the real directory: %v", err)
+		}
+		d.Close()
+		if _, err := os.Lstat(filepath.Join(mine, "s")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket left after Close: %v", err)
+		}
+	})
+	t.Run("a link to a directory others can write is refused", func(t *testing.T) {
+		top := tempDir(t, 0o700)
+		open := filepath.Join(top, "open")
+		os.Mkdir(open, 0o700)
+		os.Chmod(open, 0o777)
+		link := filepath.Join(top, "link")
+		if err := os.Symlink(open, link); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vsock.Open(guestCID, filepath.Join(link, "s")); err == nil || !strings.Contains(err.Error(), "writable by other users and not sticky") {
+			t.Errorf("%v", err)
+		}
+	})
 	t.Run("a directory of another user is refused", func(t *testing.T) {
 		needRoot(t)
 		dir := tempDir(t, 0o755)

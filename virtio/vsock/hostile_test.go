@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -274,4 +275,160 @@ func itoa(v uint32) string {
 			return string(b)
 		}
 	}
+}
+
+// guestStream is one connection of a guest that sends all the credit it
+// is given to a host service that never reads.
+type guestStream struct {
+	port  uint32 // host port; the guest's is port+100
+	limit uint32 // fwd_cnt + buf_alloc last told: how far it may send
+	sent  uint32
+}
+
+func TestGuestDataHeldToTheDeviceBound(t *testing.T) {
+	g := newGuest(t)
+	const n = 40 // more than the shared credit can give BufAlloc to
+	var mu sync.Mutex
+	var held []net.Conn // accepted, never read
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range held {
+			s.Close()
+		}
+	})
+	streams := map[uint32]*guestStream{}
+	for i := range uint32(n) {
+		port := 8000 + i
+		ln, err := net.Listen("unix", g.path+"_"+strconv.Itoa(int(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			s, err := ln.Accept()
+			if err == nil {
+				mu.Lock()
+				held = append(held, s)
+				mu.Unlock()
+			}
+		}()
+		streams[port] = &guestStream{port: port}
+		g.send(t, vsock.Header{SrcPort: port + 100, DstPort: port, Op: vsock.OpRequest}, "")
+	}
+	// The guest obeys its credit: it sends what it may, reads the
+	// credit updates, and stops once none comes.
+	chunk := strings.Repeat("g", 60000)
+	for quiet := 0; quiet < 3; {
+		for g.UsedIdx(0) != g.rxSeen {
+			h, _ := g.recv(t)
+			s := streams[h.SrcPort]
+			if s == nil || h.Op == vsock.OpRst {
+				t.Fatalf("op %d from port %d: a guest obeying its credit was reset", h.Op, h.SrcPort)
+			}
+			s.limit = h.FwdCnt + h.BufAlloc
+		}
+		progress := false
+		for _, s := range streams {
+			for s.limit-s.sent > 0 {
+				k := min(s.limit-s.sent, uint32(len(chunk)))
+				g.send(t, vsock.Header{SrcPort: s.port + 100, DstPort: s.port, Op: vsock.OpRW}, chunk[:k])
+				s.sent += k
+				progress = true
+			}
+		}
+		if progress {
+			quiet = 0
+			continue
+		}
+		select {
+		case <-g.IRQ.C:
+		case <-time.After(100 * time.Millisecond):
+			quiet++
+		}
+	}
+	st := g.dev.Stats()
+	var total int64
+	for _, s := range streams {
+		total += int64(s.sent)
+	}
+	t.Logf("%d connections to services that never read, the guest sent %d KiB within its credit: %+v", n, total>>10, st)
+	bound := n*vsock.MinBufAlloc + vsock.MaxDeviceCredit - vsock.MaxConns*vsock.MinBufAlloc
+	if st.GuestCredit > bound || st.GuestBuffered > st.GuestCredit {
+		t.Errorf("guest data held %d, credit offered %d: want held ≤ offered ≤ %d (≤ MaxDeviceCredit %d)",
+			st.GuestBuffered, st.GuestCredit, bound, vsock.MaxDeviceCredit)
+	}
+	if st.GuestBuffered < bound/4 {
+		t.Errorf("guest data held %d: the guest did not fill its credit (want near %d)", st.GuestBuffered, bound)
+	}
+
+	t.Run("a connection that obeys its credit still works", func(t *testing.T) {
+		ln, err := net.Listen("unix", g.path+"_8500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			s, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			io.Copy(s, s)
+		}()
+		g.send(t, vsock.Header{SrcPort: 1, DstPort: 8500, Op: vsock.OpRequest}, "")
+		msg := strings.Repeat("0123456789abcdef", 2048) // 32 KiB: several times MinBufAlloc
+		var limit, sent uint32
+		echoed := ""
+		deadline := time.Now().Add(10 * time.Second)
+		for len(echoed) < len(msg) {
+			if time.Now().After(deadline) {
+				t.Fatalf("echoed %d of %d bytes after 10 s", len(echoed), len(msg))
+			}
+			for g.UsedIdx(0) != g.rxSeen {
+				h, data := g.recv(t)
+				if h.SrcPort != 8500 {
+					continue // a late credit update of the others
+				}
+				switch h.Op {
+				case vsock.OpResponse, vsock.OpCreditUpdate, vsock.OpRW:
+				default:
+					t.Fatalf("echo connection: op %d", h.Op)
+				}
+				limit = h.FwdCnt + h.BufAlloc
+				echoed += data
+			}
+			if k := min(limit-sent, uint32(len(msg))-sent); k > 0 {
+				g.send(t, vsock.Header{SrcPort: 1, DstPort: 8500, Op: vsock.OpRW, FwdCnt: uint32(len(echoed))}, msg[sent:sent+k])
+				sent += k
+				continue
+			}
+			select {
+			case <-g.IRQ.C:
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if echoed != msg {
+			t.Fatalf("echo differs")
+		}
+	})
+	t.Run("a connection that overruns its credit is reset", func(t *testing.T) {
+		// Past its credit by up to BufAlloc+1 bytes: capsule may have
+		// written some since its last credit update, never BufAlloc.
+		s := streams[8000]
+		for extra := 0; extra <= vsock.BufAlloc; extra += len(chunk) {
+			g.send(t, vsock.Header{SrcPort: s.port + 100, DstPort: s.port, Op: vsock.OpRW}, chunk)
+			for g.UsedIdx(0) != g.rxSeen {
+				if h, _ := g.recv(t); h.Op == vsock.OpRst && h.SrcPort == s.port {
+					return
+				}
+			}
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			if h, _ := g.recv(t); h.Op == vsock.OpRst && h.SrcPort == s.port {
+				return
+			}
+		}
+		t.Fatalf("no RST from port %d after %d bytes past its credit", s.port, vsock.BufAlloc)
+	})
 }

@@ -49,30 +49,36 @@ func ownerOf(fi os.FileInfo) (uid, gid uint32) {
 	return 0, 0
 }
 
-// checkDir refuses a directory for the socket that another user could
-// use to take the socket's name: one that belongs to another user
-// (other than root), or that others can write and is not sticky. In a
-// sticky shared directory such as /tmp, clearPath then touches only our
-// own sockets.
-func checkDir(path string) error {
-	dir := filepath.Dir(path)
-	fi, err := os.Stat(dir)
+// checkDir resolves the directory of the socket path to its real path
+// (Debian's /var/run is a link to /run, for example) and refuses it if
+// another user could use it to take the socket's name: it belongs to
+// another user (other than root), or others can write it and it is not
+// sticky. It returns path in that directory: capsule uses that name from
+// then on, so a link in path changed after the check redirects nothing.
+// In a sticky shared directory such as /tmp, clearPath then touches only
+// our own sockets.
+func checkDir(path string) (string, error) {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("vsock socket %s: %w", path, err)
+		return "", fmt.Errorf("vsock socket %s: %w", path, err)
+	}
+	fi, err := os.Lstat(dir) // resolved: no link left to follow
+	if err != nil {
+		return "", fmt.Errorf("vsock socket %s: %w", path, err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("vsock socket %s: %s is not a directory", path, dir)
+		return "", fmt.Errorf("vsock socket %s: %s is not a directory", path, dir)
 	}
 	uid, gid := ownerOf(fi)
 	if int(uid) != os.Geteuid() && uid != 0 {
-		return fmt.Errorf("vsock socket %s: directory %s belongs to another user (uid %d); use a directory of your own", path, dir, uid)
+		return "", fmt.Errorf("vsock socket %s: directory %s belongs to another user (uid %d); use a directory of your own", path, dir, uid)
 	}
 	mode := fi.Mode()
 	others := mode&0o002 != 0 || (mode&0o020 != 0 && int(gid) != os.Getegid())
 	if others && mode&os.ModeSticky == 0 {
-		return fmt.Errorf("vsock socket %s: directory %s is writable by other users and not sticky; use a directory only you can write", path, dir)
+		return "", fmt.Errorf("vsock socket %s: directory %s is writable by other users and not sticky; use a directory only you can write", path, dir)
 	}
-	return nil
+	return filepath.Join(dir, filepath.Base(path)), nil
 }
 
 // clearPath makes way for a new socket at path: nothing there, or a stale
@@ -108,29 +114,31 @@ func clearPath(path string) error {
 // listen creates the device's listening socket at path with SocketMode,
 // whatever the umask: the socket's mode is set before bind (Linux gives
 // the new file that mode, less the umask, so it is never wider) and again
-// after. It returns the listener and the identity of the file made, so
-// that Close removes that file and no other.
-func listen(path string) (*net.UnixListener, fileID, error) {
-	if err := checkDir(path); err != nil {
-		return nil, fileID{}, err
+// after. It returns the listener, the identity of the file made, so that
+// Close removes that file and no other, and the socket's path in its
+// directory's real path (checkDir), which the device uses from then on.
+func listen(path string) (*net.UnixListener, fileID, string, error) {
+	path, err := checkDir(path)
+	if err != nil {
+		return nil, fileID{}, "", err
 	}
 	if err := clearPath(path); err != nil {
-		return nil, fileID{}, err
+		return nil, fileID{}, "", err
 	}
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fileID{}, fmt.Errorf("vsock socket %s: %w", path, err)
+		return nil, fileID{}, "", fmt.Errorf("vsock socket %s: %w", path, err)
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close() // the listener holds its own descriptor
 	if err := syscall.Fchmod(fd, SocketMode); err != nil {
-		return nil, fileID{}, fmt.Errorf("vsock socket %s: %w", path, err)
+		return nil, fileID{}, "", fmt.Errorf("vsock socket %s: %w", path, err)
 	}
 	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fileID{}, fmt.Errorf("vsock socket %s: another file took its place", path)
+			return nil, fileID{}, "", fmt.Errorf("vsock socket %s: another file took its place", path)
 		}
-		return nil, fileID{}, fmt.Errorf("vsock socket %s: %w", path, err)
+		return nil, fileID{}, "", fmt.Errorf("vsock socket %s: %w", path, err)
 	}
 	id, err := idOf(path)
 	if err == nil {
@@ -145,9 +153,9 @@ func listen(path string) (*net.UnixListener, fileID, error) {
 	}
 	if err != nil {
 		id.remove(path)
-		return nil, fileID{}, fmt.Errorf("vsock socket %s: %w", path, err)
+		return nil, fileID{}, "", fmt.Errorf("vsock socket %s: %w", path, err)
 	}
-	return ln.(*net.UnixListener), id, nil
+	return ln.(*net.UnixListener), id, path, nil
 }
 
 // fileID identifies a file by device and inode.

@@ -18,10 +18,20 @@
 // Nothing a guest sends or fails to read makes capsule hold more than
 // fixed amounts, whatever credit the guest advertises:
 //
-//   - Guest to host: the guest may send BufAlloc bytes per connection
-//     beyond what the host program has read (the credit capsule gives); a
-//     guest that sends more is reset. At most MaxConns connections are
-//     live at once.
+//   - Guest to host: capsule counts what it has received from the guest
+//     and not yet written to the host socket (the write in progress
+//     included), and resets a guest whose count passes the buffer space
+//     offered to the connection (buf_alloc, the credit). Every connection
+//     is offered MinBufAlloc, and more, up to BufAlloc, from 4 MiB shared
+//     by the device's connections, first come, first served: when the
+//     connection is made and whenever its data is written, it takes what
+//     is left. The offer only grows (a guest that computes its credit in
+//     unsigned 32-bit arithmetic would wrap if buf_alloc fell below what
+//     it has in flight) and is given back when the connection closes.
+//     fwd_cnt is always what was written, so a guest that obeys its
+//     credit never makes a device hold more than MaxDeviceCredit (8 MiB:
+//     MaxConns × MinBufAlloc and the shared 4 MiB), and one that does not
+//     is reset first. At most MaxConns connections are live at once.
 //   - Host to guest: capsule reads a host socket only while the guest's
 //     credit allows, and holds at most MaxConnBuffered bytes of a
 //     connection's data, and MaxDeviceBuffered bytes over all of a
@@ -41,7 +51,11 @@
 //
 // PATH is created with mode SocketMode (0600) whatever the umask, in a
 // directory that belongs to capsule's user or root and that other users
-// cannot write unless it is sticky (/tmp). A stale socket at PATH is
+// cannot write unless it is sticky (/tmp). Symbolic links in PATH's
+// directory are resolved once, when the device opens, and the directory
+// checked is the one they lead to; the device names PATH, and PATH_P,
+// by that real path from then on (Path), so a link changed later
+// redirects nothing. A stale socket at PATH is
 // replaced only when it is capsule's user's own and nobody listens on it;
 // nothing else is ever removed, and Close removes the socket capsule made.
 //
@@ -62,18 +76,31 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/capsule-vm/capsule/internal/backoff"
 	"github.com/capsule-vm/capsule/virtio"
 )
 
 const (
 	// QueueSize is the size of each of the three queues.
 	QueueSize = 256
-	// BufAlloc is the buffer space capsule offers each connection for
+	// BufAlloc is the most buffer space capsule offers a connection for
 	// data from the guest: the most guest data it holds per connection.
 	BufAlloc = 256 << 10
+	// MinBufAlloc is the buffer space every connection is offered
+	// whatever the others hold, so that none is starved of credit.
+	MinBufAlloc = 4 << 10
+	// MaxDeviceCredit is the most buffer space capsule offers all
+	// connections of one device together for data from the guest, and so
+	// the most guest data it holds for one device: MinBufAlloc for each
+	// of MaxConns connections (4 MiB) and 4 MiB shared out beyond that.
+	MaxDeviceCredit = MaxConns*MinBufAlloc + sharedCredit
+	// sharedCredit is the buffer space shared out among a device's
+	// connections beyond MinBufAlloc each, first come, first served.
+	sharedCredit = 4 << 20
 	// MaxConnBuffered is the most host data capsule holds for one
 	// connection waiting for guest receive buffers (less when the guest's
 	// credit is smaller).
@@ -131,6 +158,13 @@ type Device struct {
 	held     int           // host data held for the guest, all connections
 	wake     chan struct{} // something was queued
 
+	// What the guest may send: the buffer space offered beyond
+	// MinBufAlloc per connection, all connections (at most
+	// sharedCredit), and the guest data received and not yet written to
+	// a host socket, all connections (atomic: updated under a conn's mu).
+	extraCredit int
+	guestHeld   atomic.Int64
+
 	droppedResets  uint64
 	refusedSockets uint64
 	warnOnce       sync.Once
@@ -140,6 +174,8 @@ type Device struct {
 type Stats struct {
 	Conns          int    // live connections
 	Buffered       int    // host data held for the guest (at most MaxDeviceBuffered)
+	GuestBuffered  int    // guest data held for host sockets (at most GuestCredit)
+	GuestCredit    int    // buffer space offered to the guest (at most MaxDeviceCredit)
 	Ready          int    // connections with packets owed to the guest
 	PendingResets  int    // resets queued for gone connections (at most MaxPendingResets)
 	DroppedResets  uint64 // resets dropped because the queue was full
@@ -152,6 +188,7 @@ func (d *Device) Stats() Stats {
 	defer d.mu.Unlock()
 	return Stats{
 		Conns: len(d.live), Buffered: d.held, Ready: len(d.readyq), PendingResets: len(d.resets),
+		GuestBuffered: int(d.guestHeld.Load()), GuestCredit: len(d.live)*MinBufAlloc + d.extraCredit,
 		DroppedResets: d.droppedResets, RefusedSockets: d.refusedSockets,
 	}
 }
@@ -176,7 +213,7 @@ func Open(cid uint64, path string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, id, err := listen(path)
+	ln, id, path, err := listen(path)
 	if err != nil {
 		syscall.Close(cidLock)
 		return nil, err
@@ -187,7 +224,7 @@ func Open(cid uint64, path string) (*Device, error) {
 		nextPort: 1 << 30, wake: make(chan struct{}, 1), resetSet: map[connKey]struct{}{},
 	}
 	d.cond.L = &d.mu
-	go d.acceptLoop()
+	go d.acceptLoop(d.ln)
 	return d, nil
 }
 
@@ -202,7 +239,8 @@ func unwrapOp(err error) error {
 // CID is the guest's context ID.
 func (d *Device) CID() uint64 { return d.cid }
 
-// Path is the Unix socket the device listens on.
+// Path is the Unix socket the device listens on, in its directory's real
+// path (symbolic links resolved when the device opened).
 func (d *Device) Path() string { return d.path }
 
 // Close resets the device, stops listening, removes the socket file it
@@ -589,23 +627,11 @@ func (d *Device) refuse(err error) {
 	})
 }
 
-// acceptLoop serves host connections to the device's socket until Close.
-func (d *Device) acceptLoop() {
-	for {
-		s, err := d.ln.AcceptUnix()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			var se syscall.Errno
-			if errors.As(err, &se) && se.Temporary() {
-				time.Sleep(10 * time.Millisecond) // e.g. EMFILE: back off
-				continue
-			}
-			return
-		}
-		go d.serveHost(s)
-	}
+// acceptLoop serves host connections to l, the device's socket, until
+// Close. No error but the listener's closing ends it: after any other
+// (EMFILE, ECONNABORTED...) it backs off and goes on.
+func (d *Device) acceptLoop(l net.Listener) {
+	backoff.Accept(l, d.done, func(s net.Conn) { go d.serveHost(s.(*net.UnixConn)) })
 }
 
 // readLine reads one line of at most max bytes, byte by byte so that

@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
@@ -328,4 +329,87 @@ func TestAcceptLoopSurvivesTemporaryErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestTCPBuffersAreBounded(t *testing.T) {
+	n, err := New(Options{HostLoopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	t.Run("the stack's buffer ranges are the bounds", func(t *testing.T) {
+		var snd tcpip.TCPSendBufferSizeRangeOption
+		var rcv tcpip.TCPReceiveBufferSizeRangeOption
+		if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+			t.Fatal(err)
+		}
+		if snd.Default != TCPBufSize || snd.Max != MaxTCPBufSize || rcv.Default != TCPBufSize || rcv.Max != MaxTCPBufSize {
+			t.Errorf("send %+v, receive %+v: want default %d, max %d", snd, rcv, TCPBufSize, MaxTCPBufSize)
+		}
+	})
+	t.Run("a guest writing to a host sink that never reads fills only bounded buffers", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		sink := make(chan net.Conn, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				c.(*net.TCPConn).SetReadBuffer(4 << 10) // the host kernel takes little
+				sink <- c                               // and never reads
+			}
+		}()
+		g := guestStack(t, n)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := gonet.DialContextTCP(ctx, g, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4Slice(Gateway),
+			Port: uint16(ln.Addr().(*net.TCPAddr).Port)}, ipv4.ProtocolNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case s := <-sink:
+			defer s.Close()
+		case <-time.After(10 * time.Second):
+			t.Fatal("the host sink got no connection")
+		}
+		// Write until the writes stall for half a second.
+		chunk := make([]byte, 64<<10)
+		written := 0
+		for written < 64<<20 {
+			c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+			k, err := c.Write(chunk)
+			written += k
+			if err != nil {
+				break
+			}
+		}
+		if written >= 64<<20 {
+			t.Fatalf("the guest wrote %d MiB to a sink that never reads", written>>20)
+		}
+		found := false
+		for _, ep := range n.stack.RegisteredEndpoints() {
+			te, ok := ep.(*tcp.Endpoint)
+			if !ok {
+				continue
+			}
+			found = true
+			ops := te.SocketOptions()
+			queued, _ := te.GetSockOptInt(tcpip.ReceiveQueueSizeOption)
+			t.Logf("guest wrote %d KiB before stalling; capsule's endpoint: receive buffer %d, queued %d, send buffer %d",
+				written>>10, ops.GetReceiveBufferSize(), queued, ops.GetSendBufferSize())
+			if ops.GetReceiveBufferSize() > MaxTCPBufSize || ops.GetSendBufferSize() > MaxTCPBufSize || queued > MaxTCPBufSize {
+				t.Errorf("receive buffer %d (queued %d), send buffer %d: want each at most %d",
+					ops.GetReceiveBufferSize(), queued, ops.GetSendBufferSize(), MaxTCPBufSize)
+			}
+		}
+		if !found {
+			t.Error("no TCP endpoint in capsule's netstack")
+		}
+	})
 }

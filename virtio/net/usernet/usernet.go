@@ -41,8 +41,11 @@
 // without an ICMP error. Host port forwards (hostfwd) work in every mode.
 //
 // What one guest may hold on the host is bounded: MaxTCPConns spliced
-// TCP connections, MaxUDPFlows UDP flows (each idle at most UDPIdle), and
-// Close ends them all at once, whatever the host peers do.
+// TCP connections, each with a send and a receive buffer in the netstack
+// of TCPBufSize that auto-tuning grows to MaxTCPBufSize at most (so at
+// most MaxTCPConns × 2 × MaxTCPBufSize = 256 MiB, and 32 MiB of copy
+// buffers), MaxUDPFlows UDP flows (each idle at most UDPIdle), and Close
+// ends them all at once, whatever the host peers do.
 package usernet
 
 import (
@@ -74,6 +77,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/capsule-vm/capsule/internal/backoff"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 )
 
@@ -153,14 +157,19 @@ const (
 	MaxUDPFlows = 256
 	// UDPIdle ends a UDP flow without traffic either way for this long.
 	UDPIdle = 60 * time.Second
+	// TCPBufSize is the send and the receive buffer a TCP connection
+	// starts with in capsule's netstack (gVisor's default is 1 MiB).
+	TCPBufSize = 64 << 10
+	// MaxTCPBufSize bounds each of those buffers however gVisor's
+	// auto-tuning grows them, so that a spliced connection holds at most
+	// 2 × MaxTCPBufSize in the netstack (and 2 × 32 KiB of copy buffers),
+	// and MaxTCPConns of them at most 256 MiB (288 MiB).
+	MaxTCPBufSize = 256 << 10
 )
 
 const (
 	// dialTimeout bounds a connection from the guest to the host side.
 	dialTimeout = 10 * time.Second
-	// maxBackoff is the longest an accept or receive loop waits after an
-	// error (EMFILE, ENFILE, ECONNABORTED...) before it tries again.
-	maxBackoff = time.Second
 )
 
 // Options configure a user-mode network; the zero value has no host port
@@ -217,6 +226,9 @@ func New(opts Options) (*Net, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 		HandleLocal:        false,
 	})
+	if err := boundTCPBuffers(s); err != nil {
+		return nil, err
+	}
 	ep := channel.New(512, mtu, tcpip.LinkAddress(gatewayHW))
 	if err := s.CreateNIC(nicID, ethernet.New(ep)); err != nil {
 		return nil, fmt.Errorf("user network: create NIC: %s", err)
@@ -249,7 +261,9 @@ func New(opts Options) (*Net, error) {
 		d := &net.Dialer{Timeout: dialTimeout}
 		n.dial = d.DialContext
 	}
-	tf := tcp.NewForwarder(s, 0, 1024, n.forwardTCP)
+	// The forwarder gives the endpoints it accepts its own receive
+	// buffer size (0: 1 MiB), whatever the protocol's default.
+	tf := tcp.NewForwarder(s, TCPBufSize, 1024, n.forwardTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
 	uf := udp.NewForwarder(s, n.forwardUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
@@ -618,37 +632,27 @@ func (n *Net) relayUDP(f *udpFlow, dst, src net.Conn) {
 	}
 }
 
-// pause waits after an error of an accept or receive loop, doubling
-// *delay from 5 ms up to maxBackoff; it reports false once the network is
-// closed, when the loop must end.
-func (n *Net) pause(delay *time.Duration) bool {
-	*delay = min(max(2**delay, 5*time.Millisecond), maxBackoff)
-	t := time.NewTimer(*delay)
-	defer t.Stop()
-	select {
-	case <-n.ctx.Done():
-		return false
-	case <-t.C:
-		return true
+// boundTCPBuffers makes TCPBufSize the send and receive buffer of every
+// TCP endpoint of s and MaxTCPBufSize the most auto-tuning grows either
+// to (receive auto-tuning stays on: gVisor caps it at that maximum, as it
+// does the send side's).
+func boundTCPBuffers(s *stack.Stack) error {
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: TCPBufSize, Max: MaxTCPBufSize}
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		return fmt.Errorf("user network: TCP send buffer: %s", err)
 	}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: TCPBufSize, Max: MaxTCPBufSize}
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		return fmt.Errorf("user network: TCP receive buffer: %s", err)
+	}
+	return nil
 }
 
 // acceptLoop accepts host connections on l for handle until the network
-// is closed. No error but the listener's closing ends it: after a
-// temporary one (EMFILE, ENFILE, ECONNABORTED...) it backs off and goes on.
+// is closed. No error but the listener's closing ends it: after any other
+// (EMFILE, ENFILE, ECONNABORTED...) it backs off and goes on.
 func (n *Net) acceptLoop(l net.Listener, handle func(net.Conn)) {
-	var delay time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
-				return
-			}
-			continue
-		}
-		delay = 0
-		handle(c)
-	}
+	backoff.Accept(l, n.ctx.Done(), handle)
 }
 
 // listen opens the host side of a forward.
@@ -723,16 +727,16 @@ func (n *Net) listenUDP(hostport string, guest tcpip.FullAddress, f HostFwd) err
 	var last net.Addr
 	n.spawn(func() {
 		buf := make([]byte, 65535)
-		var delay time.Duration
+		var delay backoff.Delay
 		for {
 			k, from, err := pc.ReadFrom(buf)
 			if err != nil {
-				if errors.Is(err, net.ErrClosed) || !n.pause(&delay) {
+				if errors.Is(err, net.ErrClosed) || !delay.Wait(n.ctx.Done()) {
 					return
 				}
 				continue
 			}
-			delay = 0
+			delay.Reset()
 			peer.Lock()
 			last = from
 			peer.Unlock()
@@ -741,16 +745,16 @@ func (n *Net) listenUDP(hostport string, guest tcpip.FullAddress, f HostFwd) err
 	})
 	n.spawn(func() {
 		buf := make([]byte, 65535)
-		var delay time.Duration
+		var delay backoff.Delay
 		for {
 			k, err := gc.Read(buf)
 			if err != nil {
-				if errors.Is(err, net.ErrClosed) || n.ctx.Err() != nil || !n.pause(&delay) {
+				if errors.Is(err, net.ErrClosed) || n.ctx.Err() != nil || !delay.Wait(n.ctx.Done()) {
 					return
 				}
 				continue
 			}
-			delay = 0
+			delay.Reset()
 			peer.Lock()
 			to := last
 			peer.Unlock()
