@@ -70,12 +70,18 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		runtime.GOMAXPROCS(want)
 	}
 	errs := make([]error, len(v.vcpus))
+	v.mu.Lock()
+	v.exits = make([]*exitCounts, len(v.vcpus))
+	for i := range v.exits {
+		v.exits[i] = newExitCounts()
+	}
+	v.mu.Unlock()
 	var wg sync.WaitGroup
 	for i, c := range v.vcpus {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = v.runVCPU(c)
+			errs[i] = v.runVCPU(c, v.exits[i])
 			if errs[i] != nil {
 				v.stop(Result{Reason: ReasonCrash, Status: StatusCrash, Detail: errs[i].Error()})
 			}
@@ -104,7 +110,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 
 // runVCPU is one vCPU's thread: it runs the guest and dispatches exits
 // until the VM stops.
-func (v *VM) runVCPU(c *kvm.VCPU) error {
+func (v *VM) runVCPU(c *kvm.VCPU, n *exitCounts) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if c.ID() == 0 {
@@ -120,11 +126,14 @@ func (v *VM) runVCPU(c *kvm.VCPU) error {
 		}
 		switch e := e.(type) {
 		case *kvm.IOExit:
+			n.io[e.Port]++
 			v.handleIO(e)
 		case *kvm.MMIOExit:
+			n.mmio[e.Addr&^0xfff]++
 			v.handleMMIO(e)
 		case *kvm.InterruptedExit:
 			// A kick (checked by the loop) or a stray signal.
+			n.other["interrupted"]++
 		case *kvm.ShutdownExit:
 			v.stop(Result{Reason: ReasonTripleFault, Status: StatusTripleFault,
 				Detail: fmt.Sprintf("guest triple-faulted on vCPU %d\n%s", c.ID(), shutdownState(c))})

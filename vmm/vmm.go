@@ -137,7 +137,8 @@ type VM struct {
 	vcpus []*kvm.VCPU
 	pio   bus
 	mmio  bus
-	slots []*slot // virtio devices, opened by New, in slot order
+	slots []*slot       // virtio devices, opened by New, in slot order
+	exits []*exitCounts // per vCPU, from Run on
 	// status is /proc/self/status, opened by New for MemoryUsage.
 	status *os.File
 

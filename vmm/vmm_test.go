@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -180,4 +181,29 @@ func TestAStalledConsoleDelaysNeitherTheGuestNorTheStop(t *testing.T) {
 		t.Fatalf("log %q does not report the lost output", log.String())
 	}
 	t.Logf("on %s: stopped %v after start; log %q", kvmtest.Where(), took, log.String())
+}
+
+func TestExitStatsCountTheGuestsPortWrites(t *testing.T) {
+	kvmtest.Open(t)
+	var out syncBuffer
+	vm, err := New(Config{Kernel: guest(t, "hello"), Cmdline: "exit=3", Console: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if _, err := vm.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s := vm.ExitStats()
+	// hello writes each console byte with one OUT, then 123 to the boot
+	// marker and its status to the exit port.
+	if got, want := s.IO[0x3f8], uint64(len(out.String())); got != want {
+		t.Errorf("%d exits on COM1 for %d console bytes", got, want)
+	}
+	if s.IO[0xf5] != 1 || s.IO[0xf4] != 1 {
+		t.Errorf("boot marker %d, exit port %d exits; want 1 each", s.IO[0xf5], s.IO[0xf4])
+	}
+	if str := s.String(); !strings.HasPrefix(str, fmt.Sprintf("%d exits, port 0x3f8 %d", s.Total(), s.IO[0x3f8])) {
+		t.Errorf("summary %q", str)
+	}
 }

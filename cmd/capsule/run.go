@@ -65,7 +65,8 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	fs.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (e.g. 10s) and exit 124; 0 means never")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "do not print the summary line on stderr")
 	var verbose bool
-	fs.BoolVarP(&verbose, "verbose", "v", false, "print start-up phases and the kernel format on stderr")
+	fs.BoolVarP(&verbose, "verbose", "v", false, "print start-up phases, the kernel format and, at the end, the vCPU exits\n"+
+		"capsule handled (by port, MMIO page and kind) on stderr")
 	seccompOn := true
 	fs.BoolVar(&seccompOn, "seccomp", true, "once the VM is set up, confine capsule to the system calls a running VMM makes\n"+
 		"(a seccomp filter on every thread: opening files, running programs, mounting and the\n"+
@@ -182,6 +183,9 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	}
 	if res.Detail != "" {
 		fmt.Fprintf(stderr, "capsule: %s\n", res.Detail)
+	}
+	if verbose {
+		fmt.Fprintf(stderr, "capsule: vCPU exits to capsule: %v\n", vm.ExitStats())
 	}
 	if !quiet || msg != "" {
 		fmt.Fprintf(stderr, "capsule: %s\n", summary(res, status, msg))
