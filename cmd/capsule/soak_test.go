@@ -52,6 +52,9 @@ func TestSoakVerboseBoots(t *testing.T) {
 					t.Errorf("%s boot %d/%d failed: %v", name, i+1, n, err)
 					continue
 				}
+				// One line a boot, streamed by go test -v: when the whole
+				// rig freezes, the log shows how far the soak got.
+				t.Logf("%s boot %d/%d: init up after %.0f ms", name, i+1, n, float64(d.Microseconds())/1000)
 				times = append(times, d)
 			}
 			slices.Sort(times)
