@@ -8,6 +8,10 @@ SHELL := /bin/bash
 #   make images     fetch/build the Linux guest images into testdata/images (cached)
 #   make bench      boot-time benchmark against QEMU, in the rig
 #   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
+#   make bench-console  quiet and verbose boots and the console's output rate
+#                   against QEMU, in the rig
+#   make soak       verbose boots of each kernel, SOAK_N times each, in the rig
+#                   (not in make test)
 #   make fuzz-long  every fuzz target for much longer (nightly; not in make test)
 
 GO       ?= go
@@ -46,7 +50,8 @@ HOSTILE_CFLAGS = -ffreestanding -nostdlib -static -no-pie -O2 -mno-red-zone -fno
 IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
-.PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io
+.PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
+	bench-console soak
 
 all: bin/capsule bin/kvmrig $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -125,6 +130,41 @@ bench: deps all images
 bench-io: deps all images
 	@args="$(BENCH_IO_ARGS) --workload disk"; $(BENCH_VMM)
 	@args="$(BENCH_IO_ARGS) --workload net"; $(BENCH_VMM)
+
+# bench-console: the boot with and without quiet (--verbose-boot) and the
+# guest's console output rate (--workload console, BENCH_CONSOLE_LINES lines
+# of 80 characters), against QEMU, on the minimal kernel; the boots also on
+# the stock kernel, against QEMU with its RTC (the stock kernel's fastest
+# QEMU configuration in the rig). BENCH_CONSOLE_KERNELS=minimal leaves the
+# stock kernel out.
+BENCH_CONSOLE_RUNS ?= 5
+BENCH_CONSOLE_LINES ?= 1000
+BENCH_CONSOLE_KERNELS ?= minimal stock
+BENCH_CONSOLE_ARGS = bench --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz --runs $(BENCH_CONSOLE_RUNS) --against qemu --timeout 120s
+bench-console: deps all images
+	@for k in $(BENCH_CONSOLE_KERNELS); do \
+		case $$k in \
+		minimal) kargs="--kernel $(CURDIR)/$(IMG)/minimal.bzImage" ;; \
+		stock) kargs="--kernel $(CURDIR)/$(IMG)/stock.bzImage --qemu-machine microvm,x-option-roms=off,pit=off,pic=off,rtc=on" ;; \
+		*) echo "bench-console: unknown kernel $$k (want minimal or stock)" >&2; exit 2 ;; \
+		esac; \
+		args="$(BENCH_CONSOLE_ARGS) $$kargs" && $(BENCH_VMM) || exit 1; \
+		args="$(BENCH_CONSOLE_ARGS) $$kargs --verbose-boot" && $(BENCH_VMM) || exit 1; \
+	done
+	@args="$(BENCH_CONSOLE_ARGS) --kernel $(CURDIR)/$(IMG)/minimal.bzImage --workload console --lines $(BENCH_CONSOLE_LINES)"; $(BENCH_VMM)
+
+# soak: SOAK_N verbose boots (no quiet) of each kernel (minimal bzImage,
+# minimal PVH vmlinux, stock bzImage) under capsule, each required to reach
+# the init and exit 0; a failure prints capsule's stderr and the last
+# console lines. In the rig unless KVM is hardware; long, so not in make test.
+SOAK_N ?= 20
+soak: all images
+	@if bin/capsule probe | grep -q '^kvm: hardware'; then \
+		CAPSULE_SOAK=$(SOAK_N) $(GO) test -count=1 -timeout 0 -v -run '^TestSoakVerboseBoots$$' ./cmd/capsule; \
+	else \
+		CAPSULE_SOAK=$(SOAK_N) CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-90m} $(GO) test -count=1 -timeout 0 -v \
+			-exec $(CURDIR)/bin/kvmrig -run '^TestSoakVerboseBoots$$' ./cmd/capsule; \
+	fi
 
 test: deps all vet test-host test-race test-rig fuzz
 

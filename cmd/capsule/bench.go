@@ -38,6 +38,8 @@ type benchConfig struct {
 	timeout                                     time.Duration
 	json                                        bool
 	workload                                    string
+	verboseBoot                                 bool
+	lines                                       int
 }
 
 func cmdBench(args []string, stdout, stderr io.Writer) error {
@@ -67,8 +69,13 @@ with capsule.exit=0 on its command line).
 	fs.BoolVar(&c.json, "json", false, "print the results as JSON")
 	fs.StringVar(&c.workload, "workload", "boot", `what to measure: "boot" (the figures above), "disk" (virtio-blk
 throughput and IOPS of capsule-io blkbench in the guest, on a fresh 80 MiB raw
-image) or "net" (TCP from the guest to the host over the user-mode network for
-5 s, capsule-io tcpsend); disk and net need the test initramfs`)
+image), "net" (TCP from the guest to the host over the user-mode network for
+5 s, capsule-io tcpsend) or "console" (the rate at which the guest writes
+--lines lines of 80 characters to its serial console, capsule-io conspeed);
+disk, net and console need the test initramfs`)
+	fs.BoolVar(&c.verboseBoot, "verbose-boot", false, `drop "quiet" from --cmdline, so that the kernel prints its whole
+boot log on the serial console`)
+	fs.IntVar(&c.lines, "lines", 1000, "lines the guest writes in the console workload")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -79,8 +86,13 @@ image) or "net" (TCP from the guest to the host over the user-mode network for
 		return usageErrorf("--runs %d: must be at least 1", c.runs)
 	case c.against != "" && c.against != "qemu":
 		return usageErrorf("--against %q: only qemu is supported", c.against)
-	case c.workload != "boot" && c.workload != "disk" && c.workload != "net":
-		return usageErrorf("--workload %q: want boot, disk or net", c.workload)
+	case c.workload != "boot" && c.workload != "disk" && c.workload != "net" && c.workload != "console":
+		return usageErrorf("--workload %q: want boot, disk, net or console", c.workload)
+	case c.lines < 1 || c.lines > 1000000:
+		return usageErrorf("--lines %d: want 1 to 1000000", c.lines)
+	}
+	if c.verboseBoot {
+		c.cmdline = withoutWord(c.cmdline, "quiet")
 	}
 	if c.qemuKernel == "" {
 		c.qemuKernel = c.kernel
@@ -114,7 +126,7 @@ image) or "net" (TCP from the guest to the host over the user-mode network for
 		}
 		return benchIO(ctx, self, c, c.workload, stdout, stderr)
 	}
-	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, CPUs: c.cpus, MemoryMiB: c.memory,
+	rep := benchReport{Kernel: c.kernel, Initrd: c.initrd, Cmdline: c.cmdline, CPUs: c.cpus, MemoryMiB: c.memory,
 		Runs: c.runs, Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
 	if c.against == "qemu" {
 		rep.QEMUKernel, rep.QEMUMachine = c.qemuKernel, c.qemuMachine
@@ -154,6 +166,11 @@ func alternate[S any](c benchConfig, stderr io.Writer, capsule, qemu func(i int)
 		}
 	}
 	return cs, qs, nil
+}
+
+// withoutWord returns the command line without any argument equal to word.
+func withoutWord(cmdline, word string) string {
+	return strings.Join(slices.DeleteFunc(strings.Fields(cmdline), func(f string) bool { return f == word }), " ")
 }
 
 // writeJSON prints v as indented JSON.
@@ -463,6 +480,7 @@ type benchReport struct {
 	QEMUKernel  string       `json:"qemu_kernel,omitempty"`  // with --against qemu
 	QEMUMachine string       `json:"qemu_machine,omitempty"` // with --against qemu
 	Initrd      string       `json:"initrd,omitempty"`
+	Cmdline     string       `json:"cmdline"`
 	CPUs        int          `json:"cpus"`
 	MemoryMiB   int          `json:"memory_mib"`
 	Runs        int          `json:"runs"`
@@ -552,7 +570,11 @@ func (r benchReport) print(w io.Writer) {
 	if r.QEMUKernel != "" && r.QEMUKernel != r.Kernel {
 		fmt.Fprintf(w, ", QEMU boots %s", r.QEMUKernel)
 	}
-	fmt.Fprintf(w, "\n\n")
+	fmt.Fprintf(w, "\n")
+	if r.Cmdline != "" {
+		fmt.Fprintf(w, "cmdline %s\n", r.Cmdline)
+	}
+	fmt.Fprintf(w, "\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if len(r.QEMU) == 0 {
 		fmt.Fprintf(tw, "metric (min / median / p90)\tcapsule\n")

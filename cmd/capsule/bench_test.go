@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -110,9 +111,57 @@ func TestBenchIOReportLeavesOutPeersThatDidNotRun(t *testing.T) {
 }
 
 func TestBenchRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"bench"}, {"bench", "--kernel", "x", "--runs", "0"}, {"bench", "--kernel", "x", "--against", "firecracker"}} {
+	for _, args := range [][]string{{"bench"}, {"bench", "--kernel", "x", "--runs", "0"}, {"bench", "--kernel", "x", "--against", "firecracker"},
+		{"bench", "--kernel", "x", "--workload", "tty"}, {"bench", "--kernel", "x", "--workload", "console", "--lines", "0"}} {
 		if status, _, stderr := runMain(args...); status == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 			t.Errorf("%v: status %d stderr %q", args, status, stderr)
 		}
+	}
+}
+
+func TestVerboseBootDropsOnlyQuiet(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"console=ttyS0 quiet reboot=k panic=-1 capsule.exit=0", "console=ttyS0 reboot=k panic=-1 capsule.exit=0"},
+		{"quiet", ""},
+		{"console=ttyS0  quietly=1 quiet", "console=ttyS0 quietly=1"},
+		{"console=ttyS0", "console=ttyS0"},
+	} {
+		if got := withoutWord(tc.in, "quiet"); got != tc.want {
+			t.Errorf("withoutWord(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestConspeedCountsOnlyWholeLines(t *testing.T) {
+	line := func(i int) string {
+		s := fmt.Sprintf("conspeed %06d ", i)
+		return s + strings.Repeat("x", 79-len(s))
+	}
+	console := "capsule-init: up\r\n" + line(0) + "\r\n" + line(1) + "\n" + line(2)[:40] + "\r\n" +
+		line(3) + "\r\n" + "conspeed: 320 bytes in 0.010 s = 32000 chars/s\r\n"
+	if n := conspeedLines([]byte(console)); n != 3 {
+		t.Fatalf("whole lines %d, want 3 (one was cut short)", n)
+	}
+	if m := conspeedLine.FindStringSubmatch(console); m == nil || m[3] != "32000" {
+		t.Fatalf("result line: %q", m)
+	}
+}
+
+func TestBenchIOReportShowsTheConsoleRate(t *testing.T) {
+	r := ioReport{Workload: "console", Kernel: "k", Cmdline: "console=ttyS0 quiet", Lines: 1000, Runs: 2, Machine: "microvm",
+		Capsule: []ioSample{{ConsoleCPS: 30000}, {ConsoleCPS: 20000}}, QEMU: []ioSample{{ConsoleCPS: 10000}, {ConsoleCPS: 10000}}}
+	var b strings.Builder
+	r.print(&b)
+	for _, want := range []string{"serial console output, chars/s (guest-measured, 1000 lines of 80)", "20000.0", "10000.0", "2.00×", "cmdline console=ttyS0 quiet"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+	var j strings.Builder
+	if err := writeJSON(&j, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(j.String(), `"console_chars_per_s": 30000`) || !strings.Contains(j.String(), `"lines": 1000`) {
+		t.Errorf("JSON:\n%s", j.String())
 	}
 }

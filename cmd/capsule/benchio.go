@@ -19,7 +19,7 @@ import (
 )
 
 // Device workloads of capsule bench: the test initramfs runs the
-// measurement in the guest (capsule.action=blkbench or netbench) under
+// measurement in the guest (capsule.action=blkbench, netbench or console) under
 // capsule and under QEMU with the same kernel, initrd and virtio-mmio
 // devices, alternating.
 
@@ -29,6 +29,9 @@ type ioSample struct {
 	SeqReadMBps  float64 `json:"seq_read_mbps,omitempty"`
 	RandReadIOPS float64 `json:"rand_read_4k_iops,omitempty"`
 	TCPMBps      float64 `json:"tcp_guest_to_host_mbps,omitempty"`
+	// ConsoleCPS is the guest's serial console output rate, in
+	// characters a second, as the guest measured it.
+	ConsoleCPS float64 `json:"console_chars_per_s,omitempty"`
 }
 
 type ioReport struct {
@@ -36,6 +39,8 @@ type ioReport struct {
 	Machine  string     `json:"qemu_machine,omitempty"` // with --against qemu
 	Kernel   string     `json:"kernel"`
 	Initrd   string     `json:"initrd,omitempty"`
+	Cmdline  string     `json:"cmdline"`         // before the workload's own arguments
+	Lines    int        `json:"lines,omitempty"` // console: lines the guest writes
 	Runs     int        `json:"runs"`
 	Date     string     `json:"date"`
 	Host     string     `json:"host"`
@@ -55,11 +60,31 @@ const ioAttempts = 3
 // blkbenchLine is capsule-io blkbench's result line.
 var blkbenchLine = regexp.MustCompile(`blkbench: seqwrite=([\d.]+) MB/s seqread=([\d.]+) MB/s randread=([\d.]+) IOPS`)
 
+// conspeedLine is capsule-io conspeed's result line.
+var conspeedLine = regexp.MustCompile(`conspeed: (\d+) bytes in ([\d.]+) s = ([\d.]+) chars/s`)
+
+// conspeedLines counts the lines of capsule-io conspeed's output that
+// reached the host whole: "conspeed NNNNNN " and 63 more characters. A
+// rate is only valid when none was lost.
+func conspeedLines(console []byte) int {
+	n := 0
+	for line := range strings.Lines(string(console)) {
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) == 79 && strings.HasPrefix(line, "conspeed ") && !strings.HasPrefix(line, "conspeed: ") {
+			n++
+		}
+	}
+	return n
+}
+
 func benchIO(ctx context.Context, self string, c benchConfig, workload string, stdout, stderr io.Writer) error {
-	rep := ioReport{Workload: workload, Kernel: c.kernel, Initrd: c.initrd, Runs: c.runs,
+	rep := ioReport{Workload: workload, Kernel: c.kernel, Initrd: c.initrd, Cmdline: c.cmdline, Runs: c.runs,
 		Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
 	if c.against == "qemu" {
 		rep.Machine = c.qemuMachine
+	}
+	if workload == "console" {
+		rep.Lines = c.lines
 	}
 	run := func(i int, qemu bool) (ioSample, error) {
 		who := "capsule"
@@ -130,6 +155,8 @@ func ioRun(ctx context.Context, self string, c benchConfig, workload string, qem
 		cmdline += fmt.Sprintf(" capsule.action=netbench capsule.peer=10.0.2.2:%d", sink.port())
 		capsuleArgs = []string{"--net", "user,hostloopback=on"} // the sink is on host loopback
 		qemuDev = []string{"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"}
+	case "console":
+		cmdline += fmt.Sprintf(" capsule.action=console capsule.lines=%d", c.lines)
 	}
 	var cmd *exec.Cmd
 	if qemu {
@@ -169,6 +196,16 @@ func ioRun(ctx context.Context, self string, c benchConfig, workload string, qem
 			v[i], _ = strconv.ParseFloat(m[i+1], 64)
 		}
 		return ioSample{SeqWriteMBps: v[0], SeqReadMBps: v[1], RandReadIOPS: v[2]}, nil
+	case "console":
+		m := conspeedLine.FindStringSubmatch(out.String())
+		if m == nil {
+			return fail("no conspeed result on the console")
+		}
+		if n := conspeedLines(out.Bytes()); n != c.lines {
+			return fail(fmt.Sprintf("%d of the guest's %d console lines arrived whole", n, c.lines))
+		}
+		cps, _ := strconv.ParseFloat(m[3], 64)
+		return ioSample{ConsoleCPS: cps}, nil
 	default:
 		mbps, ok := sink.result()
 		if !ok || !strings.Contains(out.String(), "netbench: sent") {
@@ -255,10 +292,14 @@ func (r ioReport) print(w io.Writer) {
 		fmt.Fprintf(w, ", initrd %s", r.Initrd)
 	}
 	if len(r.QEMU) > 0 {
-		fmt.Fprintf(w, ", %d runs each, alternating\n\n", r.Runs)
+		fmt.Fprintf(w, ", %d runs each, alternating\n", r.Runs)
 	} else {
-		fmt.Fprintf(w, ", %d runs\n\n", r.Runs)
+		fmt.Fprintf(w, ", %d runs\n", r.Runs)
 	}
+	if r.Cmdline != "" {
+		fmt.Fprintf(w, "cmdline %s\n", r.Cmdline)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if len(r.QEMU) > 0 {
 		fmt.Fprintf(tw, "metric (median; higher is better)\tcapsule\t%s\tratio capsule/qemu\n", qemuColumn(r.Machine))
@@ -285,11 +326,14 @@ func (r ioReport) print(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, strconv.FormatFloat(c, 'f', 1, 64), qs, ratio)
 	}
-	if r.Workload == "disk" {
+	switch r.Workload {
+	case "disk":
 		row("virtio-blk sequential write, MB/s (1 MiB, O_DIRECT)", func(s ioSample) float64 { return s.SeqWriteMBps })
 		row("virtio-blk sequential read, MB/s (1 MiB, O_DIRECT)", func(s ioSample) float64 { return s.SeqReadMBps })
 		row("virtio-blk random read, IOPS (4 KiB, queue depth 1)", func(s ioSample) float64 { return s.RandReadIOPS })
-	} else {
+	case "console":
+		row(fmt.Sprintf("serial console output, chars/s (guest-measured, %d lines of 80)", r.Lines), func(s ioSample) float64 { return s.ConsoleCPS })
+	default:
 		row("virtio-net TCP guest → host, MB/s (user-mode network)", func(s ioSample) float64 { return s.TCPMBps })
 	}
 	tw.Flush()

@@ -316,6 +316,7 @@ func TestCapsuleIOUsage(t *testing.T) {
 		{}, {"outb"}, {"inb", "0xf4"}, {"outb", "0xf4"}, {"outb", "0xf4", "1", "2"},
 		{"outb", "65536", "1"}, {"outb", "0x10000", "1"}, {"outb", "0xf4", "256"}, {"outb", "0xf4", "0x100"},
 		{"outb", "f4", "1"}, {"outb", "0x", "1"}, {"outb", "-1", "1"}, {"outb", "0xf4", "1a"}, {"outb", "", "1"},
+		{"conspeed"}, {"conspeed", "0"}, {"conspeed", "ten"}, {"conspeed", "1000001"},
 	} {
 		out, err := exec.Command(filepath.Join(dir, "capsule-io"), args...).CombinedOutput()
 		var ee *exec.ExitError

@@ -7,6 +7,7 @@
  *     capsule-io ping IPV4ADDR
  *     capsule-io blkbench DEVICE MIB
  *     capsule-io tcpsend IPV4ADDR PORT SECONDS
+ *     capsule-io conspeed LINES
  *
  * outb writes the byte VALUE to the I/O port PORT. Both are decimal, or hex
  * with a 0x prefix. The guest's /init uses it for the boot-time marker
@@ -30,6 +31,13 @@
  * "blkbench: seqwrite=W MB/s seqread=R MB/s randread=N IOPS".
  * tcpsend connects to IPV4ADDR:PORT and writes 64 KiB blocks for SECONDS,
  * then closes; the receiver measures.
+ *
+ * conspeed measures the console: it writes LINES lines of 80 characters
+ * (79 and a newline, "conspeed NNNNNN " and a fixed pattern), one write(2)
+ * each, to standard output (the init's is /dev/console), waits with
+ * tcdrain until the UART has sent them all, and prints
+ * "conspeed: N bytes in T s = X chars/s", N counting the bytes written
+ * (the tty adds a carriage return to each line on the wire).
  *
  * It asks for all ports with iopl(3) and falls back to ioperm() for the one
  * port where iopl is refused. Both need root and a kernel built with
@@ -55,6 +63,7 @@
 #include <poll.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <termios.h>
 #include <time.h>
 
 static const char usage[] =
@@ -64,6 +73,7 @@ static const char usage[] =
 	"       capsule-io ping IPV4ADDR\n"
 	"       capsule-io blkbench DEVICE MIB\n"
 	"       capsule-io tcpsend IPV4ADDR PORT SECONDS\n"
+	"       capsule-io conspeed LINES\n"
 	"  PORT 0-65535 and VALUE 0-255, decimal or hex with 0x\n";
 
 /* parse reads a decimal or 0x-prefixed hex number of at most max. */
@@ -315,6 +325,37 @@ static int tcpsend(const char *addr, const char *port_s, const char *secs_s)
 	return 0;
 }
 
+static int conspeed(const char *lines_s)
+{
+	static const char pattern[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+	unsigned long lines, i;
+	char line[81];
+	double t0, t;
+
+	if (parse(lines_s, 1000000, &lines) != 0 || lines == 0) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	t0 = now();
+	for (i = 0; i < lines; i++) {
+		int n = snprintf(line, sizeof(line), "conspeed %06lu ", i % 1000000);
+
+		while (n < 79) {
+			line[n] = pattern[(n + i) % (sizeof(pattern) - 1)];
+			n++;
+		}
+		line[79] = '\n';
+		if (write(1, line, 80) != 80) {
+			fprintf(stderr, "capsule-io: conspeed: %s\n", strerror(errno));
+			return 1;
+		}
+	}
+	tcdrain(1); /* ENOTTY when not a terminal: nothing to wait for */
+	t = now() - t0;
+	printf("conspeed: %lu bytes in %.3f s = %.0f chars/s\n", lines * 80, t, lines * 80 / t);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long port, value;
@@ -330,6 +371,8 @@ int main(int argc, char **argv)
 		return blkbench(argv[2], argv[3]);
 	if (argc == 5 && strcmp(argv[1], "tcpsend") == 0)
 		return tcpsend(argv[2], argv[3], argv[4]);
+	if (argc == 3 && strcmp(argv[1], "conspeed") == 0)
+		return conspeed(argv[2]);
 	if (argc != 4 || strcmp(argv[1], "outb") != 0) {
 		fputs(usage, stderr);
 		return 2;
