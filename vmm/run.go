@@ -89,8 +89,9 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	}
 	// Start-up garbage (flag parsing, CPUID buffers, table building) is
 	// handed back to the host while the guest boots, off the critical
-	// path: with transparent huge pages the idle heap would otherwise keep
-	// whole 2 MiB pages resident.
+	// path. (The heap's huge pages are kept away by the binary's
+	// disablethp=1 GODEBUG default, see the Makefile: under THP "always"
+	// a released page inside a huge page stayed resident.)
 	debug.FreeOSMemory()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
