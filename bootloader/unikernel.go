@@ -213,6 +213,8 @@ func (m *mappings) recoverFault(cfg Config, err *error) {
 			}
 		}
 	}
+	// invariant: a panic that is not a fault in the loader's own mappings
+	// is a bug of capsule's, not guest or user data: it goes on as it was.
 	panic(r)
 }
 

@@ -34,7 +34,9 @@ func amlPkgLength(body []byte) []byte {
 			return append(b, body...)
 		}
 	}
-	panic(fmt.Sprintf("aml: package of %d bytes", n)) // only fixed tables are encoded
+	// invariant: only the fixed DSDT objects below are encoded, at package
+	// initialisation, and each is far below the 256 MiB PkgLength limit.
+	panic(fmt.Sprintf("aml: package of %d bytes", n))
 }
 
 // amlName is Name(name, value) for a 4-character name segment (or a
@@ -52,6 +54,8 @@ func amlPath(p string) []byte {
 	case len(p) == 9 && p[0] == amlRootChar:
 		return append([]byte{amlRootChar, amlDualName}, p[1:]...)
 	}
+	// invariant: names come from the fixed DSDT objects below, never from
+	// a guest or a user.
 	panic("aml: unsupported name " + p)
 }
 
