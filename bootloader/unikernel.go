@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/capsule-vm/capsule/internal/patherr"
 	"github.com/capsule-vm/capsule/machine"
 )
 
@@ -226,17 +227,7 @@ func openError(err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return ErrNotFound
 	}
-	return unwrapPath(err)
-}
-
-// unwrapPath drops the operation and path of a *fs.PathError: callers
-// already name the file.
-func unwrapPath(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
+	return patherr.Unwrap(err)
 }
 
 // parseELF64 parses an ELF64 kernel and checks that its segments lie in

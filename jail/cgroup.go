@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/capsule-vm/capsule/internal/patherr"
 )
 
 // cgroupParent is the cgroup, below the cgroup v2 root, that holds the
@@ -51,7 +53,7 @@ func makeCgroup(s Spec) (string, error) {
 	}
 	have, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
 	if err != nil {
-		return "", fmt.Errorf("cgroup %s: %w", root, unwrapPath(err))
+		return "", fmt.Errorf("cgroup %s: %w", root, patherr.Unwrap(err))
 	}
 	for _, c := range want {
 		if !slices.Contains(strings.Fields(string(have)), c) {
@@ -60,19 +62,19 @@ func makeCgroup(s Spec) (string, error) {
 	}
 	parent := filepath.Join(root, cgroupParent)
 	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("cgroup %s: %w", parent, unwrapPath(err))
+		return "", fmt.Errorf("cgroup %s: %w", parent, patherr.Unwrap(err))
 	}
 	// Controllers reach a cgroup through its parents' subtree_control.
 	for _, dir := range []string{root, parent} {
 		for _, c := range want {
 			if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+c), 0); err != nil {
-				return "", fmt.Errorf("cgroup %s: enable %s: %w", dir, c, unwrapPath(err))
+				return "", fmt.Errorf("cgroup %s: enable %s: %w", dir, c, patherr.Unwrap(err))
 			}
 		}
 	}
 	dir := filepath.Join(parent, s.ID)
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		return "", fmt.Errorf("cgroup %s: %w", dir, unwrapPath(err))
+		return "", fmt.Errorf("cgroup %s: %w", dir, patherr.Unwrap(err))
 	}
 	if s.CPUs > 0 {
 		quota := int64(s.CPUs * cpuPeriod)
@@ -80,12 +82,12 @@ func makeCgroup(s Spec) (string, error) {
 			return dir, fmt.Errorf("jail CPU limit %g: at least 0.01 CPUs", s.CPUs)
 		}
 		if err := os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", quota, cpuPeriod), 0); err != nil {
-			return dir, fmt.Errorf("cgroup %s: cpu.max: %w", dir, unwrapPath(err))
+			return dir, fmt.Errorf("cgroup %s: cpu.max: %w", dir, patherr.Unwrap(err))
 		}
 	}
 	if s.MemoryMiB > 0 {
 		if err := os.WriteFile(filepath.Join(dir, "memory.max"), fmt.Appendf(nil, "%d", uint64(s.MemoryMiB)<<20), 0); err != nil {
-			return dir, fmt.Errorf("cgroup %s: memory.max: %w", dir, unwrapPath(err))
+			return dir, fmt.Errorf("cgroup %s: memory.max: %w", dir, patherr.Unwrap(err))
 		}
 		// No swap: the limit is the memory the VM may use.
 		os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capsule-vm/capsule/internal/patherr"
 )
 
 // Spec is a jail: where its root is, what the VMM finds in it, who it
@@ -59,7 +61,7 @@ func (s Spec) Check() error {
 	}
 	st, err := os.Lstat(s.Dir)
 	if err != nil {
-		return fmt.Errorf("jail directory %s: %w", s.Dir, unwrapPath(err))
+		return fmt.Errorf("jail directory %s: %w", s.Dir, patherr.Unwrap(err))
 	}
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	switch {
@@ -84,7 +86,7 @@ func (s Spec) Check() error {
 			return fmt.Errorf("jail path %q: want a clean absolute path", b.Jail)
 		}
 		if _, err := os.Stat(b.Host); err != nil {
-			return fmt.Errorf("%s: %w", b.Host, unwrapPath(err))
+			return fmt.Errorf("%s: %w", b.Host, patherr.Unwrap(err))
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -144,14 +146,14 @@ func (j *Jailed) prepare() error {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("jail %s exists already (another VM, or one that was not cleaned up)", top)
 		}
-		return fmt.Errorf("jail %s: %w", top, unwrapPath(err))
+		return fmt.Errorf("jail %s: %w", top, patherr.Unwrap(err))
 	}
 	j.created = true
 	// The root stays root's: the VMM creates its sockets there while it is
 	// still root, and the jail's user may write nothing in it.
 	root := s.Root()
 	if err := os.Mkdir(root, 0o755); err != nil {
-		return fmt.Errorf("jail %s: %w", root, unwrapPath(err))
+		return fmt.Errorf("jail %s: %w", root, patherr.Unwrap(err))
 	}
 	for _, b := range s.Binds {
 		if err := standIn(root, b); err != nil {
@@ -160,7 +162,7 @@ func (j *Jailed) prepare() error {
 	}
 	for _, d := range []string{"proc", ".old-root"} {
 		if err := os.Mkdir(filepath.Join(root, d), 0o555); err != nil {
-			return fmt.Errorf("jail %s: %w", root, unwrapPath(err))
+			return fmt.Errorf("jail %s: %w", root, patherr.Unwrap(err))
 		}
 	}
 	if s.CPUs > 0 || s.MemoryMiB > 0 {
@@ -178,11 +180,11 @@ func (j *Jailed) prepare() error {
 func standIn(root string, b Bind) error {
 	st, err := os.Stat(b.Host)
 	if err != nil {
-		return fmt.Errorf("%s: %w", b.Host, unwrapPath(err))
+		return fmt.Errorf("%s: %w", b.Host, patherr.Unwrap(err))
 	}
 	p := filepath.Join(root, b.Jail)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("jail %s: %w", p, unwrapPath(err))
+		return fmt.Errorf("jail %s: %w", p, patherr.Unwrap(err))
 	}
 	if st.IsDir() {
 		err = os.Mkdir(p, 0o755)
@@ -193,7 +195,7 @@ func standIn(root string, b Bind) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("jail %s: %w (two files with one name in the jail?)", p, unwrapPath(err))
+		return fmt.Errorf("jail %s: %w (two files with one name in the jail?)", p, patherr.Unwrap(err))
 	}
 	return nil
 }
@@ -204,13 +206,13 @@ func (j *Jailed) Cleanup() error {
 	var errs []error
 	if j.cgroup != "" {
 		if err := os.Remove(j.cgroup); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("cgroup %s: %w", j.cgroup, unwrapPath(err)))
+			errs = append(errs, fmt.Errorf("cgroup %s: %w", j.cgroup, patherr.Unwrap(err)))
 		}
 	}
 	if j.created {
 		top := filepath.Join(j.spec.Dir, j.spec.ID)
 		if err := os.RemoveAll(top); err != nil {
-			errs = append(errs, fmt.Errorf("jail %s: %w", top, unwrapPath(err)))
+			errs = append(errs, fmt.Errorf("jail %s: %w", top, patherr.Unwrap(err)))
 		}
 	}
 	return errors.Join(errs...)
@@ -338,12 +340,4 @@ func ParseUser(s string) (uid, gid int, err error) {
 		return 0, 0, fmt.Errorf("%q: want UID[:GID], numbers other than 0", s)
 	}
 	return uid, gid, nil
-}
-
-func unwrapPath(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capsule-vm/capsule/internal/ofdlock"
+	"github.com/capsule-vm/capsule/internal/patherr"
 	"github.com/capsule-vm/capsule/internal/ratelimit"
 	"github.com/capsule-vm/capsule/virtio"
 )
@@ -105,7 +106,7 @@ func Open(path string, readOnly bool) (*Device, error) {
 	// open; the file's kind is checked again on what was opened.
 	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+		return nil, fmt.Errorf("disk %s: %w", path, patherr.Unwrap(err))
 	}
 	if err := checkOpened(path, f); err != nil {
 		f.Close()
@@ -137,7 +138,7 @@ func Open(path string, readOnly bool) (*Device, error) {
 func checkKind(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+		return fmt.Errorf("disk %s: %w", path, patherr.Unwrap(err))
 	}
 	return kindError(path, fi.Mode())
 }
@@ -147,7 +148,7 @@ func checkKind(path string) error {
 func checkOpened(path string, f *os.File) error {
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("disk %s: %w", path, unwrapPath(err))
+		return fmt.Errorf("disk %s: %w", path, patherr.Unwrap(err))
 	}
 	if err := kindError(path, fi.Mode()); err != nil {
 		return err
@@ -175,15 +176,6 @@ func kindError(path string, m os.FileMode) error {
 		what = m.Type().String()
 	}
 	return fmt.Errorf("disk %s: not a regular file or block device (%s)", path, what)
-}
-
-// unwrapPath drops the *os.PathError wrapper, whose path the caller names.
-func unwrapPath(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // Path is the image's path.
