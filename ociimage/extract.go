@@ -77,7 +77,7 @@ func (u *unpacker) applyLayer(r io.Reader) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return corrupt(err)
 		}
 		u.entries++
 		if u.entries > u.limits.entries {
@@ -239,8 +239,11 @@ func (u *unpacker) mkdirAll(dir string) (int, error) {
 	} else if err != unix.EEXIST {
 		return -1, err
 	}
-	// A dangling symbolic link in the way stays dangling: ENOENT.
-	return openDirIn(u.rootFD, dir)
+	fd, err = openDirIn(u.rootFD, dir)
+	if err == unix.ENOENT {
+		return -1, fmt.Errorf("%s is a symbolic link to a missing directory: %w", dir, err)
+	}
+	return fd, err
 }
 
 // replace clears the way for a new entry base in parent: anything there
@@ -296,7 +299,7 @@ func (u *unpacker) file(parent int, base string, hdr *tar.Header, r io.Reader) e
 	w := fdWriter(fd)
 	_, err = io.CopyBuffer(w, r, u.buf)
 	if err != nil && !errors.As(err, new(unix.Errno)) {
-		err = fmt.Errorf("%w: %v", ErrCorrupt, err)
+		err = corrupt(err)
 	}
 	if err == nil && u.chown {
 		err = unix.Fchown(fd, hdr.Uid, hdr.Gid)

@@ -89,7 +89,7 @@ func resolveOCI(bs blobStore, index []byte) (v1.Image, error) {
 	walk = func(b []byte, ref string, depth int) error {
 		idx, err := v1.ParseIndexManifest(bytes.NewReader(b))
 		if err != nil {
-			return fmt.Errorf("%w: index: %v", ErrCorrupt, err)
+			return corrupt(fmt.Errorf("index: %w", err))
 		}
 		for _, d := range idx.Manifests {
 			r := refName(d, ref)
@@ -195,7 +195,7 @@ func platformOf(bs blobStore, d v1.Descriptor) (v1.Platform, error) {
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return v1.Platform{}, fmt.Errorf("%w: configuration: %v", ErrCorrupt, err)
+		return v1.Platform{}, corrupt(fmt.Errorf("configuration: %w", err))
 	}
 	p := cf.Platform()
 	if p == nil {

@@ -154,7 +154,7 @@ func unpack(ctx context.Context, archive string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
+	if err := os.MkdirAll(opts.CacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create the cache directory: %w", err)
 	}
 	src, err := openSource(archive, opts)
@@ -164,11 +164,11 @@ func unpack(ctx context.Context, archive string, opts Options) (*Image, error) {
 	defer src.close()
 	configName, err := src.img.ConfigName()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return nil, corrupt(err)
 	}
 	cfg, err := src.img.ConfigFile()
 	if err != nil {
-		return nil, fmt.Errorf("%w: configuration: %v", ErrCorrupt, err)
+		return nil, corrupt(fmt.Errorf("configuration: %w", err))
 	}
 	if p := cfg.Platform(); p != nil && !isTarget(*p) && !(p.OS == "" && p.Architecture == "") {
 		return nil, fmt.Errorf("%w: the image is %s", ErrPlatform, p)
@@ -180,7 +180,9 @@ func unpack(ctx context.Context, archive string, opts Options) (*Image, error) {
 		out.Cached = true
 		return out, nil
 	}
-	if err := os.MkdirAll(entry, 0o755); err != nil {
+	// 0700: the rootfs has the image's world-writable directories
+	// (/tmp); no other host user may reach them.
+	if err := os.MkdirAll(entry, 0o700); err != nil {
 		return nil, fmt.Errorf("create the cache entry: %w", err)
 	}
 	unlock, err := lock(filepath.Join(entry, "lock"))
@@ -208,6 +210,22 @@ func unpack(ctx context.Context, archive string, opts Options) (*Image, error) {
 	}
 	out.Skipped = skipped
 	return out, nil
+}
+
+// corrupt reports err, met reading the image, as ErrCorrupt, unless it
+// already is one of the sentinel errors (or a cancellation); an early
+// end of the data reads "truncated".
+func corrupt(err error) error {
+	for _, s := range []error{ErrCorrupt, ErrNotImage, ErrPlatform, ErrUnsafe, ErrLimit, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, s) {
+			return err
+		}
+	}
+	msg := err.Error()
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		msg = strings.Replace(msg, io.ErrUnexpectedEOF.Error(), "truncated", 1)
+	}
+	return fmt.Errorf("%w: %s", ErrCorrupt, msg)
 }
 
 func isTarget(p v1.Platform) bool { return p.OS == "linux" && p.Architecture == "amd64" }
@@ -243,7 +261,7 @@ func configOf(cf *v1.ConfigFile) Config {
 func unpackInto(ctx context.Context, img v1.Image, cfg *v1.ConfigFile, dir string, opts Options) ([]string, error) {
 	layers, err := img.Layers()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return nil, corrupt(err)
 	}
 	diffIDs := cfg.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
@@ -272,7 +290,7 @@ func applyLayer(u *unpacker, l v1.Layer, diffID v1.Hash) error {
 	}
 	rc, err := l.Uncompressed()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return corrupt(err)
 	}
 	defer rc.Close()
 	h := sha256.New()
@@ -282,7 +300,7 @@ func applyLayer(u *unpacker, l v1.Layer, diffID v1.Hash) error {
 	}
 	// The rest (the end-of-archive blocks, padding) counts for the digest.
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return corrupt(err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != diffID.Hex {
 		return fmt.Errorf("%w: its content is sha256:%s, not the diff ID %s", ErrCorrupt, got, diffID)

@@ -132,7 +132,7 @@ func openArchive(src *source, f *os.File, opts Options) (v1.Image, error) {
 func gunzip(f *os.File, opts Options) (*os.File, error) {
 	zr, err := gzip.NewReader(io.NewSectionReader(f, 0, 1<<62))
 	if err != nil {
-		return nil, fmt.Errorf("%w: gzip: %v", ErrCorrupt, err)
+		return nil, corrupt(fmt.Errorf("gzip: %w", err))
 	}
 	tmp, err := os.CreateTemp(opts.CacheDir, ".archive-*.tar")
 	if err != nil {
@@ -149,7 +149,7 @@ func gunzip(f *os.File, opts Options) (*os.File, error) {
 		if errors.As(err, &pe) || errors.Is(err, ErrLimit) {
 			return nil, fmt.Errorf("expand the gzip archive: %w", patherr.Unwrap(err))
 		}
-		return nil, fmt.Errorf("%w: gzip: %v", ErrCorrupt, err)
+		return nil, corrupt(fmt.Errorf("gzip: %w", err))
 	}
 	return tmp, nil
 }
@@ -180,7 +180,7 @@ func indexTar(f *os.File, size int64, maxEntries int64) (map[string]section, err
 			if n == 0 {
 				return nil, fmt.Errorf("%w: not a tar archive (%v)", ErrNotImage, err)
 			}
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return nil, corrupt(err)
 		}
 		if n >= maxEntries {
 			return nil, fmt.Errorf("%w: the archive has over %d entries", ErrLimit, maxEntries)
@@ -228,11 +228,11 @@ func dockerImage(f *os.File, files map[string]section) (v1.Image, error) {
 	}
 	m, err := tarball.LoadManifest(opener)
 	if err != nil {
-		return nil, fmt.Errorf("%w: manifest.json: %v", ErrCorrupt, err)
+		return nil, corrupt(fmt.Errorf("manifest.json: %w", err))
 	}
 	wrap := func(img v1.Image, err error) (v1.Image, error) {
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return nil, corrupt(err)
 		}
 		return img, nil
 	}
