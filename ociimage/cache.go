@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/capsule-vm/capsule/internal/patherr"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -32,6 +34,17 @@ func lock(name string) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Remove removes dir, an unpacked root file system or a whole cache
+// directory, as a user other than root can only with care: it makes the
+// directories the image made read-only (0555 is common) writable first.
+// It never follows a symbolic link in the tree.
+func Remove(dir string) error {
+	if err := removeTree(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, patherr.Unwrap(err))
+	}
+	return nil
 }
 
 // removeStale removes what killed unpacks left in the cache entry dir.

@@ -144,7 +144,7 @@ func TestBadArchives(t *testing.T) {
 
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cache := t.TempDir()
+			cache := testCache(t)
 			_, err := Unpack(context.Background(), tc.archive, Options{CacheDir: cache})
 			if err == nil {
 				t.Fatal("Unpack succeeded")
@@ -179,7 +179,7 @@ func TestLimits(t *testing.T) {
 		{"absurd header", []ent{{name: "huge", typ: '0', mode: 0o644, size: 300 << 30}}, Options{}, "322122547200 bytes, over the 274877906944-byte limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cache := t.TempDir()
+			cache := testCache(t)
 			tc.opts.CacheDir = cache
 			archive := writeDocker(t, makeImage(t, "amd64", v1.Config{}, layerTar(t, tc.layer...)))
 			_, err := Unpack(context.Background(), archive, tc.opts)
@@ -200,7 +200,7 @@ func TestCancel(t *testing.T) {
 	archive := writeDocker(t, makeImage(t, "amd64", v1.Config{}, layerTar(t, many...)))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	cache := t.TempDir()
+	cache := testCache(t)
 	_, err := Unpack(ctx, archive, Options{CacheDir: cache})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Unpack: %v, want context.Canceled", err)

@@ -434,9 +434,15 @@ func (u *unpacker) hardlink(parent int, name, base string, hdr *tar.Header) erro
 func linkFD(fd, parent int, base string) error {
 	err := unix.Linkat(fd, "", parent, base, unix.AT_EMPTY_PATH)
 	if err == unix.ENOENT || err == unix.EPERM {
-		err = unix.Linkat(unix.AT_FDCWD, procFD(fd), parent, base, unix.AT_SYMLINK_FOLLOW)
+		err = linkProc(fd, parent, base)
 	}
 	return err
+}
+
+// linkProc is linkFD through /proc/self/fd: following that magic link
+// reaches the very file fd refers to, a symbolic link itself included.
+func linkProc(fd, parent int, base string) error {
+	return unix.Linkat(unix.AT_FDCWD, procFD(fd), parent, base, unix.AT_SYMLINK_FOLLOW)
 }
 
 // whiteout applies a whiteout (".wh.NAME": NAME of lower layers is

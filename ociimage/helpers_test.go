@@ -383,3 +383,17 @@ func copyDir(t testing.TB, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// testCache is a temporary directory for a cache, which Remove empties
+// at the end of the test: unpacked as a user other than root, its
+// read-only directories are beyond os.RemoveAll.
+func testCache(t testing.TB) string {
+	t.Helper()
+	d := t.TempDir()
+	t.Cleanup(func() {
+		if err := Remove(d); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	return d
+}

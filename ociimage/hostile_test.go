@@ -16,7 +16,7 @@ import (
 // outside the root, and checks that a directory outside (its sentinel
 // file, mode and listing) is untouched whatever Unpack returns.
 func TestHostileArchives(t *testing.T) {
-	base := t.TempDir()
+	base := testCache(t)
 	outside := filepath.Join(base, "outside")
 	sentinel := filepath.Join(outside, "sentinel")
 	if err := os.Mkdir(outside, 0o755); err != nil {

@@ -135,7 +135,7 @@ func TestUnpackFormats(t *testing.T) {
 	want := configHex(t, img)
 	for format, archive := range formats(t, img) {
 		t.Run(format, func(t *testing.T) {
-			cache := t.TempDir()
+			cache := testCache(t)
 			got, err := Unpack(context.Background(), archive, Options{CacheDir: cache})
 			if err != nil {
 				t.Fatal(err)
@@ -210,7 +210,7 @@ func checkTree(t *testing.T, root string) {
 
 func TestCacheHit(t *testing.T) {
 	archive := writeDocker(t, testImage(t))
-	cache := t.TempDir()
+	cache := testCache(t)
 	first, err := Unpack(context.Background(), archive, Options{CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +255,7 @@ func TestCacheHit(t *testing.T) {
 
 func TestConcurrentUnpack(t *testing.T) {
 	archive := writeDocker(t, testImage(t))
-	cache := t.TempDir()
+	cache := testCache(t)
 	var wg sync.WaitGroup
 	results := make([]*Image, 4)
 	errs := make([]error, len(results))
@@ -316,7 +316,7 @@ func TestPublishRace(t *testing.T) {
 func TestStaleTemp(t *testing.T) {
 	img := testImage(t)
 	archive := writeDocker(t, img)
-	cache := t.TempDir()
+	cache := testCache(t)
 	entry := filepath.Join(cache, configHex(t, img))
 	stale := filepath.Join(entry, tmpPrefix+"killed")
 	if err := os.MkdirAll(filepath.Join(stale, "ro", "sub"), 0o755); err != nil {
@@ -347,7 +347,7 @@ func TestPlatformChoice(t *testing.T) {
 	pARM := &v1.Platform{OS: "linux", Architecture: "arm64"}
 	pAMD2 := &v1.Platform{OS: "linux", Architecture: "amd64"}
 
-	cache := t.TempDir()
+	cache := testCache(t)
 	multi := tarDir(t, writeLayout(t, map[*v1.Platform]v1.Image{pARM: arm, pAMD: amd}), false)
 	got, err := Unpack(context.Background(), multi, Options{CacheDir: cache})
 	if err != nil {
@@ -368,7 +368,7 @@ func TestPlatformChoice(t *testing.T) {
 		{"docker arm64", writeDocker(t, arm), []string{"the image is linux/arm64"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Unpack(context.Background(), tc.archive, Options{CacheDir: t.TempDir()})
+			_, err := Unpack(context.Background(), tc.archive, Options{CacheDir: testCache(t)})
 			if !errors.Is(err, ErrPlatform) {
 				t.Fatalf("Unpack: %v, want ErrPlatform", err)
 			}
@@ -399,14 +399,14 @@ func TestDockerMultiImage(t *testing.T) {
 	write := func(imgs map[string]v1.Image) string {
 		return writeDockerMulti(t, imgs)
 	}
-	got, err := Unpack(context.Background(), write(map[string]v1.Image{"a/amd:1": amd, "a/arm:1": arm}), Options{CacheDir: t.TempDir()})
+	got, err := Unpack(context.Background(), write(map[string]v1.Image{"a/amd:1": amd, "a/arm:1": arm}), Options{CacheDir: testCache(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Digest != "sha256:"+configHex(t, amd) {
 		t.Errorf("picked %s, want the amd64 image", got.Digest)
 	}
-	_, err = Unpack(context.Background(), write(map[string]v1.Image{"a/amd:1": amd, "a/amd:2": amd2}), Options{CacheDir: t.TempDir()})
+	_, err = Unpack(context.Background(), write(map[string]v1.Image{"a/amd:1": amd, "a/amd:2": amd2}), Options{CacheDir: testCache(t)})
 	if !errors.Is(err, ErrPlatform) {
 		t.Fatalf("two amd64 images: %v, want ErrPlatform", err)
 	}

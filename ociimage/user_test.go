@@ -101,7 +101,7 @@ func TestLookupUserStaysInRoot(t *testing.T) {
 }
 
 func TestLookupUserInUnpackedImage(t *testing.T) {
-	img, err := Unpack(context.Background(), writeDocker(t, testImage(t)), Options{CacheDir: t.TempDir()})
+	img, err := Unpack(context.Background(), writeDocker(t, testImage(t)), Options{CacheDir: testCache(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
