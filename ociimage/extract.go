@@ -123,6 +123,9 @@ func cleanName(n string) (string, error) {
 }
 
 func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		return nil // PAX records for the entries that follow, not a file
+	}
 	name, err := cleanName(hdr.Name)
 	if err != nil {
 		return err

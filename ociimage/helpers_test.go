@@ -61,6 +61,9 @@ func layerTar(t testing.TB, ents ...ent) []byte {
 		if e.typ == tar.TypeReg {
 			h.Size = int64(len(e.body))
 		}
+		if e.typ == tar.TypeXGlobalHeader {
+			h = &tar.Header{Name: e.name, Typeflag: e.typ, PAXRecords: map[string]string{"comment": "git archive writes these"}, Format: tar.FormatPAX}
+		}
 		if e.typ == tar.TypeChar {
 			h.Devmajor, h.Devminor = 1, 3
 		}

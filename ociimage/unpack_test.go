@@ -28,6 +28,7 @@ func testLayers(t testing.TB) (lower, upper []byte) {
 	owned := file("owned", 0o640, "mine")
 	owned.uid, owned.gid = 1000, 1000
 	lower = layerTar(t,
+		ent{name: "pax_global_header", typ: tar.TypeXGlobalHeader},
 		dir("etc/", 0o755),
 		file("etc/passwd", 0o644, testPasswd),
 		file("etc/group", 0o644, testGroup),
