@@ -486,18 +486,18 @@ func (u *unpacker) opaque(fd int, dir string) error {
 	if dir != "." {
 		prefix = dir + "/"
 	}
-	var mine []string
+	mine := map[string]bool{}
 	err := emptyDir(fd, func(n string) bool {
 		_, ok := u.layer[prefix+n]
 		if ok {
-			mine = append(mine, n)
+			mine[n] = true
 		}
 		return ok
 	})
 	if err != nil {
 		return err
 	}
-	for _, n := range mine {
+	for n := range mine {
 		sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == unix.ENOTDIR || err == unix.ELOOP {
 			continue

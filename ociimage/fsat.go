@@ -2,6 +2,7 @@ package ociimage
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path"
 	"strconv"
@@ -83,21 +84,31 @@ func emptyDir(fd int, keep func(string) bool) error {
 	dir := os.NewFile(uintptr(dup), "")
 	defer dir.Close()
 	for {
-		names, err := dir.Readdirnames(1024)
-		for _, n := range names {
-			if keep != nil && keep(n) {
-				continue
+		removed := 0
+		for {
+			names, err := dir.Readdirnames(1024)
+			for _, n := range names {
+				if keep != nil && keep(n) {
+					continue
+				}
+				if err := removeAt(fd, n); err != nil {
+					return err
+				}
+				removed++
 			}
-			if err := removeAt(fd, n); err != nil {
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
 				return err
 			}
 		}
-		if err != nil {
-			// io.EOF: done. Removing entries while reading is safe:
-			// getdents never returns an entry twice.
-			if len(names) == 0 {
-				return nil
-			}
+		if removed == 0 {
+			return nil
+		}
+		// Whether a directory read goes on correctly past removals is
+		// up to the file system: read it again until nothing is left.
+		if _, err := dir.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
 	}

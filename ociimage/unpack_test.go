@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -428,5 +429,37 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if got := (Config{Cmd: []string{"sh"}}).Argv(nil); !slices.Equal(got, []string{"sh"}) {
 		t.Errorf("Argv without an entrypoint = %q", got)
+	}
+}
+
+// TestOpaqueOrder: an opaque marker hides every lower-layer entry of its
+// directory, however many, and keeps what its own layer wrote before
+// the marker, also beneath a lower-layer subdirectory.
+func TestOpaqueOrder(t *testing.T) {
+	lower := []ent{dir("big/", 0o755), dir("big/sub/", 0o755), file("big/sub/old", 0o644, "old")}
+	for i := range 3000 {
+		lower = append(lower, file(fmt.Sprintf("big/f%04d", i), 0o644, ""))
+	}
+	upper := []ent{
+		file("big/keep", 0o644, "keep"),
+		file("big/sub/new", 0o644, "new"),
+		file("big/.wh..wh..opq", 0o644, ""),
+		file("big/after", 0o644, "after"),
+	}
+	img := makeImage(t, "amd64", v1.Config{}, layerTar(t, lower...), layerTar(t, upper...))
+	got, err := Unpack(context.Background(), writeDocker(t, img), Options{CacheDir: testCache(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		".":           "dir 0755",
+		"big":         "dir 0755",
+		"big/keep":    `file 0644 "keep"`,
+		"big/after":   `file 0644 "after"`,
+		"big/sub":     "dir 0755",
+		"big/sub/new": `file 0644 "new"`,
+	}
+	if d := diffTrees(want, describe(t, got.RootFS)); d != "" {
+		t.Errorf("unpacked tree:\n%s", d)
 	}
 }
