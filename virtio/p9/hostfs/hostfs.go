@@ -95,6 +95,8 @@ type FS struct {
 
 	devMu sync.Mutex
 	devs  map[uint64]uint64 // other file systems' devices: their QID prefix
+
+	closeOnce sync.Once
 }
 
 // Open opens the directory dir for sharing; it must exist and be a
@@ -129,11 +131,15 @@ func Open(dir string, readOnly bool) (*FS, error) {
 	return fs, nil
 }
 
-// Close closes the directory. The files the guest holds must be closed
-// (the device reset) first.
+// Close closes the directory; closing it again does nothing. The files
+// the guest holds must be closed (the device reset) first.
 func (fs *FS) Close() error {
-	unix.Close(fs.proc)
-	return unix.Close(fs.root)
+	var err error
+	fs.closeOnce.Do(func() {
+		unix.Close(fs.proc)
+		err = unix.Close(fs.root)
+	})
+	return err
 }
 
 // Dir is the shared directory.

@@ -3,7 +3,6 @@ package hostfs_test
 import (
 	"bytes"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,14 +16,6 @@ import (
 
 	"github.com/capsule-vm/capsule/virtio/p9/hostfs"
 )
-
-// attacher serves fs to a p9 server, attaching as uid.
-type attacher struct {
-	fs  *hostfs.FS
-	uid ninep.UID
-}
-
-func (a attacher) Attach() (ninep.File, error) { return a.fs.Attach(a.uid) }
 
 // share makes a directory with hello.txt and opens it.
 func share(t *testing.T, readOnly bool) (string, *hostfs.FS) {
@@ -41,33 +32,75 @@ func share(t *testing.T, readOnly bool) (string, *hostfs.FS) {
 	return dir, fs
 }
 
-// connect serves fs over a connection to a p9 client and returns the
-// root. When the test ends the client hangs up, and the server must then
-// have closed every file.
+// connect attaches to fs as the p9 server does (with no uid) and returns
+// the root. Every file reached from it is closed when the test ends, and
+// the share must then hold no descriptor.
 func connect(t *testing.T, fs *hostfs.FS) ninep.File {
 	t.Helper()
-	c1, c2 := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		ninep.NewServer(attacher{fs, ninep.NoUID}).Handle(c2, c2)
-		close(done)
-	}()
-	cl, err := ninep.NewClient(c1, ninep.WithMessageSize(64<<10))
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := cl.Attach("")
+	tr := &tracker{}
+	root, err := fs.Attach(ninep.NoUID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cl.Close()
-		<-done
+		for _, f := range tr.files {
+			f.Close()
+		}
 		if n := fs.OpenFDs(); n != 0 {
-			t.Errorf("%d descriptors still open after the session", n)
+			t.Errorf("%d descriptors still open after every file closed", n)
 		}
 	})
-	return root
+	return tr.add(root)
+}
+
+// tracker records the files a test reached, to close them.
+type tracker struct {
+	mu    sync.Mutex
+	files []ninep.File
+}
+
+func (tr *tracker) add(f ninep.File) ninep.File {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.files = append(tr.files, f)
+	return &tfile{File: f, tr: tr}
+}
+
+// tfile is a backend file whose walks and creations are tracked.
+type tfile struct {
+	ninep.File
+	tr *tracker
+}
+
+func unwrap(f ninep.File) ninep.File {
+	if t, ok := f.(*tfile); ok {
+		return t.File
+	}
+	return f
+}
+
+func (f *tfile) Walk(names []string) ([]ninep.QID, ninep.File, error) {
+	q, g, err := f.File.Walk(names)
+	if err != nil {
+		return q, nil, err
+	}
+	return q, f.tr.add(g), nil
+}
+
+func (f *tfile) Create(name string, flags ninep.OpenFlags, perm ninep.FileMode, uid ninep.UID, gid ninep.GID) (ninep.File, ninep.QID, uint32, error) {
+	g, q, n, err := f.File.Create(name, flags, perm, uid, gid)
+	if err != nil {
+		return nil, q, n, err
+	}
+	return f.tr.add(g), q, n, nil
+}
+
+func (f *tfile) Link(target ninep.File, name string) error {
+	return f.File.Link(unwrap(target), name)
+}
+
+func (f *tfile) RenameAt(oldName string, newDir ninep.File, newName string) error {
+	return f.File.RenameAt(oldName, unwrap(newDir), newName)
 }
 
 func walk(t *testing.T, f ninep.File, names ...string) ninep.File {
@@ -109,8 +142,8 @@ func TestReadWriteAndChanges(t *testing.T) {
 		t.Errorf("hello.txt = %q", got)
 	}
 
-	f := walk(t, root)
-	if _, _, _, err := f.Create("guest.txt", ninep.ReadWrite, 0o640, ninep.NoUID, ninep.NoGID); err != nil {
+	f, _, _, err := root.Create("guest.txt", ninep.ReadWrite, 0o640, ninep.NoUID, ninep.NoGID)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.WriteAt([]byte("written by the guest\n"), 0); err != nil {
@@ -281,7 +314,7 @@ func TestNamesThatLeaveAreRefused(t *testing.T) {
 		t.Error("walk through the guest's link to / succeeded")
 	}
 	// Creating over an existing link does not follow it.
-	if _, _, _, err := walk(t, root).Create("out", ninep.ReadWrite, 0o644, ninep.NoUID, ninep.NoGID); err == nil {
+	if _, _, _, err := root.Create("out", ninep.ReadWrite, 0o644, ninep.NoUID, ninep.NoGID); err == nil {
 		t.Error("create over a link succeeded")
 	}
 	if b, _ := os.ReadFile(filepath.Join(outside, "secret")); string(b) != "OUTSIDE" {
@@ -434,7 +467,7 @@ func TestReadOnlyRefusesChanges(t *testing.T) {
 		_, _, err := hello().Open(mode)
 		wantErrno(t, "open for writing", err, linux.EROFS)
 	}
-	_, _, _, err := walk(t, root).Create("new", ninep.ReadWrite, 0o644, ninep.NoUID, ninep.NoGID)
+	_, _, _, err := root.Create("new", ninep.ReadWrite, 0o644, ninep.NoUID, ninep.NoGID)
 	wantErrno(t, "create", err, linux.EROFS)
 	_, err = root.Mkdir("new", 0o755, ninep.NoUID, ninep.NoGID)
 	wantErrno(t, "mkdir", err, linux.EROFS)
