@@ -316,11 +316,21 @@ func Drop(uid, gid int) error {
 
 // DropCapabilities empties the process's capability sets (effective,
 // permitted, inheritable; the ambient set empties with them) on every
-// thread. A VMM run as root without a jail keeps its user but loses the
-// powers of root: what its open descriptors allow is all it can do.
-func DropCapabilities() error {
+// thread, but for the capabilities keep (such as unix.CAP_CHOWN), which
+// stay effective and permitted. A VMM run as root without a jail keeps
+// its user but loses the powers of root: what its open descriptors allow
+// is all it can do, and what keep allows (a shared directory keeps the
+// file ones).
+func DropCapabilities(keep ...int) error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
+	for _, c := range keep {
+		if c < 0 || c >= 64 {
+			return fmt.Errorf("drop capabilities: no capability %d", c)
+		}
+		data[c/32].Effective |= 1 << (c % 32)
+		data[c/32].Permitted |= 1 << (c % 32)
+	}
 	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafePointer(&hdr)), uintptr(unsafePointer(&data[0])), 0)
 	if errno != 0 {
 		return fmt.Errorf("drop capabilities: %w", errno)

@@ -2,6 +2,7 @@ package jail
 
 import (
 	"fmt"
+	"slices"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
 	"golang.org/x/sys/unix"
@@ -39,12 +40,23 @@ var runSyscalls = []string{
 // devices need: the ioctl requests (only these: KVM's running ones, the
 // terminal's, a TAP's offload setting), the socket families new sockets
 // may have (the user-mode network opens AF_INET/AF_INET6 connections,
-// vsock AF_UNIX ones; none without such devices), and whether files may
-// be unlinked (vsock removes its sockets on exit).
+// vsock AF_UNIX ones; none without such devices), whether files may be
+// unlinked (vsock removes its sockets on exit), and whether the VM shares
+// host directories (Files: shareSyscalls).
 type Rules struct {
 	Ioctls         []uint64
 	SocketFamilies []int
 	Unlink         bool
+	Files          bool
+}
+
+// shareSyscalls are the system calls of a shared host directory (package
+// virtio/p9/hostfs): opening below the directory's descriptors (openat2)
+// and again through /proc/self/fd (openat), and reading and changing what
+// is there. Which files they reach is the share's own confinement.
+var shareSyscalls = []string{
+	"openat", "openat2", "mkdirat", "mknodat", "symlinkat", "linkat", "renameat", "renameat2",
+	"unlinkat", "fchmodat", "fchownat", "utimensat", "ftruncate", "getdents64", "readlinkat", "fstatfs",
 }
 
 // TerminalIoctls are the terminal requests capsule makes once running:
@@ -67,6 +79,13 @@ func Policy(r Rules) seccomp.Policy {
 	names := append([]string(nil), runSyscalls...)
 	if r.Unlink {
 		names = append(names, "unlinkat", "unlink")
+	}
+	if r.Files {
+		for _, n := range shareSyscalls {
+			if !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
 	}
 	conds := []seccomp.NameWithConditions{cloneThreadOnly}
 	for _, req := range r.Ioctls {

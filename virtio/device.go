@@ -10,6 +10,7 @@ const (
 	TypeNet   Type = 1
 	TypeBlock Type = 2
 	TypeRNG   Type = 4
+	TypeP9    Type = 9
 	TypeVsock Type = 19
 )
 
@@ -21,6 +22,8 @@ func (t Type) String() string {
 		return "virtio-blk"
 	case TypeRNG:
 		return "virtio-rng"
+	case TypeP9:
+		return "virtio-9p"
 	case TypeVsock:
 		return "virtio-vsock"
 	}

@@ -4,7 +4,7 @@
 // bounds-checked guest memory ([Queue]), the [Device] interface every
 // device implements, queue notifications ([Kick]) and a request/response
 // loop for simple devices ([Serve]). The devices themselves live in the
-// subpackages blk, net, rng and vsock.
+// subpackages blk, net, p9, rng and vsock.
 //
 // Everything a guest driver writes into a queue is untrusted: a [Queue]
 // checks its layout before use, and [Queue.Pop] validates each descriptor

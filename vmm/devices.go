@@ -13,9 +13,9 @@ import (
 )
 
 // Device is a virtio device to give a VM, as a spec: what to open, not an
-// open device. Each kind of device is a spec type (Disk, Net, Vsock, RNG
-// in this package); a new kind needs its virtio package and one more spec
-// type, nothing else here.
+// open device. Each kind of device is a spec type (Disk, Net, Vsock, RNG,
+// Share in this package); a new kind needs its virtio package and one more
+// spec type, nothing else here.
 //
 // New opens every device in Config.Devices before anything else starts,
 // so that a missing or busy image is an error before the guest exists,

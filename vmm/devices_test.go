@@ -59,3 +59,36 @@ func TestDeviceOpenFailureClosesTheOthers(t *testing.T) {
 	}
 	closeDevices(slots)
 }
+
+func TestShareSpecs(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	slots, err := openDevices([]Device{Share{HostDir: dir, Tag: "a"}, Share{HostDir: dir, Tag: "b", ReadOnly: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slots[0].dev.Type() != virtio.TypeP9 {
+		t.Errorf("a share is a %v", slots[0].dev.Type())
+	}
+	if err := closeDevices(slots); err != nil {
+		t.Error(err)
+	}
+	for _, tc := range []struct {
+		specs []Device
+		want  string
+	}{
+		{[]Device{Share{HostDir: dir, Tag: "a"}, Share{HostDir: t.TempDir(), Tag: "a"}}, "a VM can use 9p mount tag a only once"},
+		{[]Device{Share{HostDir: dir + "/missing", Tag: "a"}}, "share " + dir + "/missing: no such file or directory"},
+		{[]Device{Share{HostDir: file, Tag: "a"}}, "share " + file + ": not a directory"},
+		{[]Device{Share{HostDir: dir, Tag: strings.Repeat("t", 37)}}, "more than 36"},
+		{[]Device{Share{HostDir: dir, Tag: ""}}, "tag is empty"},
+	} {
+		_, err := openDevices(tc.specs)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: error %v, want one line with %q", tc.specs, err, tc.want)
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 	"github.com/capsule-vm/capsule/virtio/net/tap"
 	"github.com/capsule-vm/capsule/virtio/net/usernet"
+	"github.com/capsule-vm/capsule/virtio/p9"
+	"github.com/capsule-vm/capsule/virtio/p9/hostfs"
 	"github.com/capsule-vm/capsule/virtio/rng"
 	"github.com/capsule-vm/capsule/virtio/vsock"
 )
@@ -142,3 +144,37 @@ type RNG struct{}
 func (RNG) String() string               { return "rng" }
 func (RNG) Exclusive() string            { return "" }
 func (RNG) Open() (virtio.Device, error) { return rng.New(), nil }
+
+// Share is a host directory the guest mounts over virtio-9p (9P2000.L):
+//
+//	mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt
+//
+// The guest reaches nothing outside HostDir, and with ReadOnly changes
+// nothing in it (see package virtio/p9/hostfs). The tag names the device to
+// the guest: 1 to p9.MaxTagLen bytes, one per VM.
+type Share struct {
+	HostDir  string
+	Tag      string
+	ReadOnly bool
+}
+
+func (s Share) String() string { return "share " + s.HostDir + ":" + s.Tag }
+
+// Exclusive is the mount tag: two shares of one VM need two tags.
+func (s Share) Exclusive() string { return "9p mount tag " + s.Tag }
+
+func (s Share) Open() (virtio.Device, error) {
+	if err := p9.ValidateTag(s.Tag); err != nil {
+		return nil, fmt.Errorf("%s: %w", s, err)
+	}
+	fs, err := hostfs.Open(s.HostDir, s.ReadOnly)
+	if err != nil {
+		return nil, err // names the directory
+	}
+	d, err := p9.New(s.Tag, fs)
+	if err != nil {
+		fs.Close()
+		return nil, err
+	}
+	return d, nil
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/capsule-vm/capsule/internal/ratelimit"
 	vnet "github.com/capsule-vm/capsule/virtio/net"
 	"github.com/capsule-vm/capsule/virtio/net/usernet"
+	"github.com/capsule-vm/capsule/virtio/p9"
 	"github.com/capsule-vm/capsule/virtio/vsock"
 	"github.com/capsule-vm/capsule/vmm"
 )
@@ -125,6 +126,14 @@ func (d *deviceFlags) add(fs *pflag.FlagSet) {
 		"as `CID,UDS_PATH`. A host program connects to UDS_PATH and writes \"CONNECT <port>\\n\" to reach\n"+
 		"a guest port (answer: \"OK <host-port>\\n\"); guest connections to CID 2 port P go to\n"+
 		"UDS_PATH_P, where a host program listens")
+	fs.Var(&deviceFlag{all: d, parse: parseShare}, "share", "add a virtio-9p share, `HOSTDIR:TAG[,ro]`: the host directory HOSTDIR under the mount\n"+
+		"tag TAG (repeatable, one TAG each, 1-"+strconv.Itoa(p9.MaxTagLen)+" bytes), which the guest mounts with\n"+
+		"  mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt\n"+
+		"and reaches nothing outside HOSTDIR: no walk leaves it, symbolic links are not followed on\n"+
+		"the host, device nodes are neither opened nor made, and set-user/group-ID bits are dropped\n"+
+		"from what the guest creates or chmods. ,ro refuses every change (EROFS). Run as root, capsule\n"+
+		"gives what the guest creates the guest's uid and gid (and keeps CAP_CHOWN, CAP_DAC_OVERRIDE,\n"+
+		"CAP_DAC_READ_SEARCH and CAP_FOWNER for it); otherwise it belongs to capsule's user")
 	fs.Var(&boolDeviceFlag{all: d, dev: vmm.RNG{}, at: -1}, "rng", "add a virtio-rng device fed by the host's getrandom (the guest's /dev/hwrng)")
 	fs.Lookup("rng").NoOptDefVal = "true"
 }
@@ -169,6 +178,33 @@ func setRate(r *vmm.RateLimit, key, val string) error {
 		r.Ops = v
 	}
 	return nil
+}
+
+// parseShare parses a --share value: HOSTDIR:TAG[,ro|,rw] (HOSTDIR may
+// hold ':'; the last one ends it).
+func parseShare(s string) (vmm.Device, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i <= 0 {
+		return nil, fmt.Errorf("--share %q: want HOSTDIR:TAG[,ro]", s)
+	}
+	tag, opts, _ := strings.Cut(s[i+1:], ",")
+	sh := vmm.Share{HostDir: s[:i], Tag: tag}
+	if err := p9.ValidateTag(tag); err != nil {
+		return nil, fmt.Errorf("--share %q: %w", s, err)
+	}
+	if opts != "" {
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "ro", "readonly":
+				sh.ReadOnly = true
+			case "rw":
+				sh.ReadOnly = false
+			default:
+				return nil, fmt.Errorf("--share %q: unknown option %q (known: ro, rw)", s, o)
+			}
+		}
+	}
+	return sh, nil
 }
 
 // parseVsock parses a --vsock value: CID,UDS_PATH. A VM has one.

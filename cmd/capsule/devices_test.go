@@ -148,3 +148,47 @@ func TestTimedWriterGivesUpOnAStalledReader(t *testing.T) {
 		t.Fatal("the writer did not notice the stall")
 	}
 }
+
+func TestParseShare(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want vmm.Share
+		err  string
+	}{
+		{in: "/srv/data:data", want: vmm.Share{HostDir: "/srv/data", Tag: "data"}},
+		{in: "/srv/data:data,ro", want: vmm.Share{HostDir: "/srv/data", Tag: "data", ReadOnly: true}},
+		{in: "/srv/a:b:tag,ro,rw", want: vmm.Share{HostDir: "/srv/a:b", Tag: "tag"}},
+		{in: "rel/dir:t", want: vmm.Share{HostDir: "rel/dir", Tag: "t"}},
+		{in: "/srv/data", err: "want HOSTDIR:TAG"},
+		{in: ":tag", err: "want HOSTDIR:TAG"},
+		{in: "/srv/data:", err: "tag is empty"},
+		{in: "/srv/data:,ro", err: "tag is empty"},
+		{in: "/srv/data:" + strings.Repeat("x", 37), err: "more than 36"},
+		{in: "/srv/data:t,rx", err: `unknown option "rx"`},
+	} {
+		got, err := parseShare(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestShareFlagsInOrder(t *testing.T) {
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	var d deviceFlags
+	d.add(fs)
+	if err := fs.Parse([]string{"--share", "/a:one", "--rng", "--share", "/b:two,ro"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Devices()
+	want := []vmm.Device{vmm.Share{HostDir: "/a", Tag: "one"}, vmm.RNG{}, vmm.Share{HostDir: "/b", Tag: "two", ReadOnly: true}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("devices %v, %v; want %v", got, err, want)
+	}
+}

@@ -85,6 +85,10 @@ func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
 		case vmm.Vsock:
 			d.Path = "/" + filepath.Base(d.Path)
 			in.Devices = append(in.Devices, d)
+		case vmm.Share:
+			// The jailed VMM has no /proc once sealed and drops to a user
+			// that cannot read its own /proc/self/fd, which hostfs needs.
+			return s, cfg, usageErrorf("--share does not work with --jail yet")
 		case vmm.Net:
 			s.HostNetwork = true
 			if d.User && !resolv {
@@ -104,6 +108,19 @@ func (j *jailFlags) spec(cfg vmm.Config) (jail.Spec, vmm.Config, error) {
 		}
 	}
 	return s, in, nil
+}
+
+// shareCapabilities are the capabilities a VMM run as root keeps for
+// cfg's shared directories: with them what the guest creates gets the
+// guest's owner, and the guest's root reaches every file of the
+// directory, as root does.
+func shareCapabilities(cfg vmm.Config) []int {
+	for _, d := range cfg.Devices {
+		if _, ok := d.(vmm.Share); ok {
+			return []int{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH, unix.CAP_FOWNER}
+		}
+	}
+	return nil
 }
 
 // resolvConf names the host's DNS resolvers.
@@ -205,6 +222,8 @@ func seccompRules(cfg vmm.Config) jail.Rules {
 		case vmm.Vsock:
 			r.SocketFamilies = append(r.SocketFamilies, unix.AF_UNIX)
 			r.Unlink = true
+		case vmm.Share:
+			r.Files = true
 		case vmm.Net:
 			inet = inet || d.User
 			tap = tap || !d.User

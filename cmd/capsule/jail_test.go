@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capsule-vm/capsule/internal/kvmtest"
+	"github.com/capsule-vm/capsule/vmm"
 )
 
 // jailDir makes a directory to hold jails: owned by root, writable by
@@ -220,5 +221,25 @@ func TestJailedVMMStopsWhenItsParentDies(t *testing.T) {
 	if n, err := unix.Poll(fds, 10000); err != nil || n != 1 {
 		syscall.Kill(vmm, syscall.SIGKILL)
 		t.Fatalf("the jailed VMM still runs 10 s after its parent was killed (poll %d, %v)", n, err)
+	}
+}
+
+// A shared directory needs the file system calls and, run as root, the
+// file capabilities; with --jail it is refused for now.
+func TestShareRulesAndJail(t *testing.T) {
+	cfg := vmm.Config{Kernel: "k", Devices: []vmm.Device{vmm.RNG{}, vmm.Share{HostDir: "/srv", Tag: "t"}}}
+	if !seccompRules(cfg).Files {
+		t.Error("the seccomp rules of a VM with a share do not allow its file system calls")
+	}
+	if caps := shareCapabilities(cfg); len(caps) != 4 {
+		t.Errorf("capabilities kept for a share: %v", caps)
+	}
+	plain := vmm.Config{Kernel: "k", Devices: []vmm.Device{vmm.RNG{}}}
+	if seccompRules(plain).Files || shareCapabilities(plain) != nil {
+		t.Error("a VM without a share gets a share's rules")
+	}
+	jf := jailFlags{dir: "/jails", user: "65534:65534"}
+	if _, _, err := jf.spec(cfg); err == nil || !strings.Contains(err.Error(), "--share does not work with --jail") {
+		t.Errorf("jail with a share: %v", err)
 	}
 }

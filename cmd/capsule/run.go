@@ -127,8 +127,9 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 			return err
 		}
 	case os.Geteuid() == 0:
-		// Everything is open: root's powers are no longer needed.
-		if err := jail.DropCapabilities(); err != nil {
+		// Everything is open: root's powers are no longer needed, but
+		// for the file ones of shared directories.
+		if err := jail.DropCapabilities(shareCapabilities(cfg)...); err != nil {
 			return err
 		}
 	}
