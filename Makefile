@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 # capsule — build, demo and tests. Run as root on Debian (deps uses apt-get).
 #
-#   make            build bin/capsule, bin/kvmrig and the test guests
+#   make            build bin/capsule, bin/kvmrig, bin/capsule-agent and the test guests
 #   make demo       install what is missing, build, boot Debian's stock Linux kernel
 #                   with the test initramfs (through the nested rig without hardware KVM)
 #   make test       install what is missing, build, run every test (host + rig)
@@ -53,13 +53,18 @@ LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 .PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
 	bench-console soak
 
-all: bin/capsule bin/kvmrig $(GUESTS) $(HOSTILE_GUESTS)
+all: bin/capsule bin/kvmrig bin/capsule-agent $(GUESTS) $(HOSTILE_GUESTS)
 
 bin/capsule: FORCE
 	$(GO) build -trimpath -ldflags "$(LDFLAGS_BUILD) $(CAPSULE_LDFLAGS)" -o $@ ./cmd/capsule
 
 bin/kvmrig: FORCE
 	$(GO) build $(GOFLAGS_BUILD) -o $@ ./cmd/kvmrig
+
+# The guest agent: the static init of the guests that run programs from
+# a host directory (capsule run --rootfs).
+bin/capsule-agent: FORCE
+	$(GO) build $(GOFLAGS_BUILD) -o $@ ./cmd/capsule-agent
 
 testdata/guests/%.elf: testdata/guests/%.S testdata/guests/hello.ld testdata/guests/lib64.inc
 	gcc -nostdlib -static -no-pie -Wl,-T,testdata/guests/hello.ld -Wl,--build-id=none -o $@ $<
