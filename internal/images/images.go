@@ -203,27 +203,6 @@ func (b *builder) input(rel string) ([]byte, error) {
 	return data, nil
 }
 
-// FindRoot walks up from dir to the directory whose go.mod declares
-// module, and reports false when there is none.
-func FindRoot(dir, module string) (string, bool) {
-	dir = filepath.Clean(dir)
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
-			for _, line := range strings.Split(string(data), "\n") {
-				f := strings.Fields(line)
-				if len(f) == 2 && f[0] == "module" && strings.Trim(f[1], `"`) == module {
-					return dir, true
-				}
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", false
-		}
-		dir = parent
-	}
-}
-
 // command returns a host command that runs in its own process group, which
 // ctx's end kills as a whole (make leaves compilers behind otherwise).
 func command(ctx context.Context, dir string, env []string, name string, args ...string) *exec.Cmd {

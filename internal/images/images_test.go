@@ -15,16 +15,17 @@ import (
 	"testing"
 
 	"github.com/capsule-vm/capsule/internal/cpio"
+	"github.com/capsule-vm/capsule/internal/guestimage"
 	"github.com/capsule-vm/capsule/internal/rig"
 )
 
 // root is the module root, two levels above this package.
 func root(t *testing.T) string {
 	t.Helper()
-	r, ok := FindRoot(".", "github.com/capsule-vm/capsule")
+	r, ok := guestimage.ModuleRoot(".")
 	if !ok {
 		wd, _ := os.Getwd()
-		r, ok = FindRoot(wd, "github.com/capsule-vm/capsule")
+		r, ok = guestimage.ModuleRoot(wd)
 	}
 	if !ok {
 		t.Fatal("module root not found")
@@ -595,4 +596,13 @@ type tlog struct{ t *testing.T }
 func (l tlog) Write(b []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestCheckoutNames checks that capsule looks in a checkout for the files
+// this package writes there.
+func TestCheckoutNames(t *testing.T) {
+	if DefaultVmlinuxFile != guestimage.CheckoutKernelFile || AgentInitramfsFile != guestimage.CheckoutInitrdFile {
+		t.Errorf("images writes %s and %s; guestimage looks for %s and %s", DefaultVmlinuxFile, AgentInitramfsFile,
+			guestimage.CheckoutKernelFile, guestimage.CheckoutInitrdFile)
+	}
 }

@@ -18,11 +18,10 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/capsule-vm/capsule/internal/guestimage"
 	"github.com/capsule-vm/capsule/internal/images"
 	"github.com/spf13/pflag"
 )
-
-const module = "github.com/capsule-vm/capsule"
 
 const usage = `Usage: go run ./internal/cmd/images TARGET [-o PATH] [-j N] [--agent FILE]
 
@@ -98,9 +97,9 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "images: %v\n", err)
 		return 1
 	}
-	root, ok := images.FindRoot(wd, module)
+	root, ok := guestimage.ModuleRoot(wd)
 	if !ok {
-		fmt.Fprintf(stderr, "images: run this inside the %s module (no go.mod declaring it above %s)\n", module, wd)
+		fmt.Fprintf(stderr, "images: run this inside the %s module (no go.mod declaring it above %s)\n", guestimage.Module, wd)
 		return 2
 	}
 	dst := *out
