@@ -119,9 +119,9 @@ func TestDefaultFragment(t *testing.T) {
 	for name, want := range map[string]string{
 		// the minimal kernel's, kept
 		"64BIT": "y", "PVH": "y", "KVM_GUEST": "y", "SERIAL_8250_CONSOLE": "y", "VIRTIO_MMIO_CMDLINE_DEVICES": "y",
-		"9P_FS": "y", "VIRTIO_VSOCKETS": "y", "PCI": "n",
-		// the default kernel's, ACPI overriding the minimal kernel's "n"
-		"ACPI": "y", "PVPANIC_MMIO": "y", "FUTEX": "y", "EPOLL": "y", "UNIX98_PTYS": "y", "OVERLAY_FS": "y",
+		"9P_FS": "y", "VIRTIO_VSOCKETS": "y", "KERNEL_LZ4": "y",
+		// the default kernel's, ACPI and PCI overriding the minimal kernel's "n"
+		"ACPI": "y", "PCI": "y", "PVPANIC_MMIO": "y", "FUTEX": "y", "EPOLL": "y", "UNIX98_PTYS": "y", "OVERLAY_FS": "y",
 		"TMPFS_XATTR": "y", "9P_FS_POSIX_ACL": "y", "CGROUPS": "y", "MEMCG": "y", "SECCOMP_FILTER": "y",
 	} {
 		if vals[name] != want {
