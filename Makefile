@@ -6,6 +6,9 @@ SHELL := /bin/bash
 #                   with the test initramfs (through the nested rig without hardware KVM)
 #   make test       install what is missing, build, run every test (host + rig)
 #   make images     fetch/build the Linux guest images into testdata/images (cached)
+#   make install    install bin/capsule, the default guest kernel and the agent
+#                   initramfs under PREFIX (/usr/local; DESTDIR honoured)
+#   make uninstall  remove what make install put there
 #   make bench      boot-time benchmark against QEMU, in the rig
 #   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
 #   make bench-console  quiet and verbose boots and the console's output rate
@@ -51,7 +54,7 @@ IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
 .PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
-	bench-console soak
+	bench-console soak install uninstall default-images
 
 all: bin/capsule bin/kvmrig bin/capsule-agent $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -86,6 +89,28 @@ deps:
 # virtio-blk tests, and a static e2fsck for checking it inside the rig.
 images: deps $(IMG)/disk.ext4 $(IMG)/e2fsck
 	$(GO) run ./internal/cmd/images all
+
+# install: capsule and the two images it boots when no --kernel or
+# --initrd is given, where it looks for them (internal/guestimage):
+# $(PREFIX)/share/capsule next to $(PREFIX)/bin/capsule.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SHAREDIR = $(PREFIX)/share/capsule
+install: bin/capsule default-images
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHAREDIR)
+	install -m 0755 bin/capsule $(DESTDIR)$(PREFIX)/bin/capsule
+	install -m 0644 $(IMG)/default.vmlinux $(DESTDIR)$(SHAREDIR)/vmlinux
+	install -m 0644 $(IMG)/agent.cpio.gz $(DESTDIR)$(SHAREDIR)/agent.cpio.gz
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/capsule $(DESTDIR)$(SHAREDIR)/vmlinux $(DESTDIR)$(SHAREDIR)/agent.cpio.gz
+	-rmdir $(DESTDIR)$(SHAREDIR) 2>/dev/null
+
+# default-images: the default kernel (default.vmlinux, default.bzImage) and
+# the agent initramfs (agent.cpio.gz), which make images also builds.
+default-images: deps
+	$(GO) run ./internal/cmd/images default-kernel
+	$(GO) run ./internal/cmd/images agent-initramfs
 
 $(IMG)/disk.ext4: $(wildcard testdata/disk/*)
 	@mkdir -p $(IMG)

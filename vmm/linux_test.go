@@ -72,6 +72,7 @@ func TestLinuxBootsToInit(t *testing.T) {
 		{"minimal bzImage", "minimal.bzImage"},
 		{"minimal PVH vmlinux", "minimal.vmlinux"},
 		{"stock Debian bzImage", "stock.bzImage"},
+		{"default PVH vmlinux", "default.vmlinux"},
 		// Entered as Firecracker enters a vmlinux: 64-bit, zero page in RSI.
 		{"minimal vmlinux without its PVH note", "minimal.vmlinux no-pvh"},
 	} {

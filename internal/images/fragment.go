@@ -14,6 +14,7 @@ type Option struct {
 	Name  string // without the CONFIG_ prefix
 	Value string // y, m, n, a number or a quoted string
 	Line  int    // 1-based line in the fragment
+	File  string // the fragment's path, when known (for messages)
 }
 
 // String returns the option as a .config line.
@@ -67,6 +68,33 @@ func ParseFragment(data []byte) ([]Option, error) {
 	return opts, nil
 }
 
+// MergeFragments merges parsed fragments in order, as merge_config.sh
+// does: an option keeps its first position, and a later fragment's value
+// for a symbol replaces an earlier one's.
+func MergeFragments(frags ...[]Option) []Option {
+	var out []Option
+	at := map[string]int{}
+	for _, f := range frags {
+		for _, o := range f {
+			if i, ok := at[o.Name]; ok {
+				out[i] = o
+				continue
+			}
+			at[o.Name] = len(out)
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// where names an option's line for messages: "line N", or "FILE line N".
+func (o Option) where() string {
+	if o.File == "" {
+		return fmt.Sprintf("line %d", o.Line)
+	}
+	return fmt.Sprintf("%s line %d", o.File, o.Line)
+}
+
 // parseDotConfig reads the symbols of a generated .config: name to value,
 // "n" for those that are not set.
 func parseDotConfig(data []byte) map[string]string {
@@ -93,19 +121,19 @@ func Dropped(frag []Option, dotConfig []byte) []string {
 		got, ok := final[o.Name]
 		if o.Value == "n" {
 			if ok && got != "n" {
-				out = append(out, fmt.Sprintf("%s (line %d): the .config has CONFIG_%s=%s", o, o.Line, o.Name, got))
+				out = append(out, fmt.Sprintf("%s (%s): the .config has CONFIG_%s=%s", o, o.where(), o.Name, got))
 			}
 			continue
 		}
 		switch {
 		case !ok:
-			out = append(out, fmt.Sprintf("%s (line %d): not in the .config (unmet dependency?)", o, o.Line))
+			out = append(out, fmt.Sprintf("%s (%s): not in the .config (unmet dependency?)", o, o.where()))
 		case got != o.Value:
 			have := "CONFIG_" + o.Name + "=" + got
 			if got == "n" {
 				have = "it not set"
 			}
-			out = append(out, fmt.Sprintf("%s (line %d): the .config has %s (unmet dependency?)", o, o.Line, have))
+			out = append(out, fmt.Sprintf("%s (%s): the .config has %s (unmet dependency?)", o, o.where(), have))
 		}
 	}
 	return out

@@ -18,11 +18,16 @@ import (
 
 // Targets, in the order "all" builds them.
 const (
-	Initramfs     = "initramfs"
-	StockKernel   = "stock-kernel"
-	MinimalKernel = "minimal-kernel"
-	All           = "all"
+	Initramfs      = "initramfs"
+	AgentInitramfs = "agent-initramfs"
+	StockKernel    = "stock-kernel"
+	MinimalKernel  = "minimal-kernel"
+	DefaultKernel  = "default-kernel"
+	All            = "all"
 )
+
+// steps are the targets "all" builds.
+var steps = []string{Initramfs, AgentInitramfs, StockKernel, MinimalKernel, DefaultKernel}
 
 // Output file names.
 const (
@@ -31,6 +36,9 @@ const (
 	StockModulesFile   = "stock-modules.cpio" // the stock kernel's pvpanic modules, to append to an initramfs
 	MinimalBzImageFile = "minimal.bzImage"
 	MinimalVmlinuxFile = "minimal.vmlinux"
+	DefaultBzImageFile = "default.bzImage"
+	DefaultVmlinuxFile = "default.vmlinux"
+	AgentInitramfsFile = "agent.cpio.gz"
 )
 
 // Outputs returns the files a target writes, or nil for an unknown target.
@@ -38,12 +46,20 @@ func Outputs(target string) []string {
 	switch target {
 	case Initramfs:
 		return []string{InitramfsFile}
+	case AgentInitramfs:
+		return []string{AgentInitramfsFile}
 	case StockKernel:
 		return []string{StockKernelFile, StockModulesFile}
 	case MinimalKernel:
 		return []string{MinimalBzImageFile, MinimalVmlinuxFile}
+	case DefaultKernel:
+		return []string{DefaultBzImageFile, DefaultVmlinuxFile}
 	case All:
-		return []string{InitramfsFile, StockKernelFile, StockModulesFile, MinimalBzImageFile, MinimalVmlinuxFile}
+		var all []string
+		for _, s := range steps {
+			all = append(all, Outputs(s)...)
+		}
+		return all
 	}
 	return nil
 }
@@ -64,6 +80,9 @@ type Options struct {
 	ProgressEvery time.Duration
 	// Stderr receives progress messages; nil means os.Stderr.
 	Stderr io.Writer
+	// Agent is a static guest agent binary for agent-initramfs to pack;
+	// empty means build <Root>/cmd/capsule-agent.
+	Agent string
 }
 
 // builder is one Build call.
@@ -74,12 +93,13 @@ type builder struct {
 
 // Build makes target's outputs (see Outputs), from the cache when they are
 // there. For a target with one output, out names the file to write; for
-// minimal-kernel and all it names the directory the files go to. Build
-// returns the paths written.
+// the others it names the directory the files go to. Build returns the
+// paths written. "all" leaves agent-initramfs out, and says so, while the
+// tree has no cmd/capsule-agent and Options.Agent is empty.
 func Build(ctx context.Context, opts Options, target, out string) ([]string, error) {
 	names := Outputs(target)
 	if names == nil {
-		return nil, fmt.Errorf("unknown target %q (want %s, %s, %s or %s)", target, Initramfs, StockKernel, MinimalKernel, All)
+		return nil, fmt.Errorf("unknown target %q (want %s or %s)", target, strings.Join(steps, ", "), All)
 	}
 	b, err := newBuilder(opts)
 	if err != nil {
@@ -93,12 +113,16 @@ func Build(ctx context.Context, opts Options, target, out string) ([]string, err
 			dst[n] = filepath.Join(out, n)
 		}
 	}
-	steps := []string{target}
+	todo := []string{target}
 	if target == All {
-		steps = []string{Initramfs, StockKernel, MinimalKernel}
+		todo = steps
 	}
 	var written []string
-	for _, step := range steps {
+	for _, step := range todo {
+		if target == All && step == AgentInitramfs && !b.haveAgent() {
+			b.logf("%s: skipped: no %s in %s yet (and no prebuilt agent given)", step, AgentPackage, b.Root)
+			continue
+		}
 		start := time.Now()
 		files, how, err := b.build(ctx, step)
 		if err != nil {
@@ -156,8 +180,12 @@ func (b *builder) build(ctx context.Context, target string) (files map[string]st
 		return b.initramfs(ctx)
 	case StockKernel:
 		return b.stockKernel(ctx)
+	case AgentInitramfs:
+		return b.agentInitramfs(ctx)
 	case MinimalKernel:
-		return b.minimalKernel(ctx)
+		return b.kernel(ctx, minimalSpec)
+	case DefaultKernel:
+		return b.kernel(ctx, defaultSpec)
 	}
 	return nil, "", fmt.Errorf("unknown target %q", target)
 }
@@ -173,27 +201,6 @@ func (b *builder) input(rel string) ([]byte, error) {
 		return nil, fmt.Errorf("read input: %w", err)
 	}
 	return data, nil
-}
-
-// FindRoot walks up from dir to the directory whose go.mod declares
-// module, and reports false when there is none.
-func FindRoot(dir, module string) (string, bool) {
-	dir = filepath.Clean(dir)
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
-			for _, line := range strings.Split(string(data), "\n") {
-				f := strings.Fields(line)
-				if len(f) == 2 && f[0] == "module" && strings.Trim(f[1], `"`) == module {
-					return dir, true
-				}
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", false
-		}
-		dir = parent
-	}
 }
 
 // command returns a host command that runs in its own process group, which

@@ -15,16 +15,17 @@ import (
 	"testing"
 
 	"github.com/capsule-vm/capsule/internal/cpio"
+	"github.com/capsule-vm/capsule/internal/guestimage"
 	"github.com/capsule-vm/capsule/internal/rig"
 )
 
 // root is the module root, two levels above this package.
 func root(t *testing.T) string {
 	t.Helper()
-	r, ok := FindRoot(".", "github.com/capsule-vm/capsule")
+	r, ok := guestimage.ModuleRoot(".")
 	if !ok {
 		wd, _ := os.Getwd()
-		r, ok = FindRoot(wd, "github.com/capsule-vm/capsule")
+		r, ok = guestimage.ModuleRoot(wd)
 	}
 	if !ok {
 		t.Fatal("module root not found")
@@ -48,8 +49,8 @@ CONFIG_BAR=n
 		t.Fatal(err)
 	}
 	want := []Option{
-		{"64BIT", "y", 2}, {"NR_CPUS", "8", 4}, {"CMDLINE", `"console=ttyS0 quiet"`, 5},
-		{"PHYSICAL_START", "0x1000000", 6}, {"PCI", "n", 7}, {"FOO", "m", 8}, {"BAR", "n", 9},
+		{"64BIT", "y", 2, ""}, {"NR_CPUS", "8", 4, ""}, {"CMDLINE", `"console=ttyS0 quiet"`, 5, ""},
+		{"PHYSICAL_START", "0x1000000", 6, ""}, {"PCI", "n", 7, ""}, {"FOO", "m", 8, ""}, {"BAR", "n", 9, ""},
 	}
 	if !slices.Equal(opts, want) {
 		t.Errorf("got %v\nwant %v", opts, want)
@@ -94,6 +95,79 @@ func TestMinimalFragment(t *testing.T) {
 		if vals[name] != want {
 			t.Errorf("CONFIG_%s = %q, want %q", name, vals[name], want)
 		}
+	}
+}
+
+func TestDefaultFragment(t *testing.T) {
+	r := root(t)
+	var frags [][]Option
+	for _, path := range defaultSpec.fragments {
+		data, err := os.ReadFile(filepath.Join(r, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts, err := ParseFragment(data)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		frags = append(frags, opts)
+	}
+	vals := map[string]string{}
+	for _, o := range MergeFragments(frags...) {
+		vals[o.Name] = o.Value
+	}
+	for name, want := range map[string]string{
+		// the minimal kernel's, kept
+		"64BIT": "y", "PVH": "y", "KVM_GUEST": "y", "SERIAL_8250_CONSOLE": "y", "VIRTIO_MMIO_CMDLINE_DEVICES": "y",
+		"9P_FS": "y", "VIRTIO_VSOCKETS": "y", "KERNEL_LZ4": "y",
+		// the default kernel's, ACPI and PCI overriding the minimal kernel's "n"
+		"ACPI": "y", "PCI": "y", "PVPANIC_MMIO": "y", "FUTEX": "y", "EPOLL": "y", "UNIX98_PTYS": "y", "OVERLAY_FS": "y",
+		"TMPFS_XATTR": "y", "9P_FS_POSIX_ACL": "y", "CGROUPS": "y", "MEMCG": "y", "SECCOMP_FILTER": "y",
+	} {
+		if vals[name] != want {
+			t.Errorf("CONFIG_%s = %q, want %q", name, vals[name], want)
+		}
+	}
+}
+
+// TestFragmentsExplainThemselves checks that every group of options in the
+// fragments starts with a comment saying why they are there.
+func TestFragmentsExplainThemselves(t *testing.T) {
+	for _, path := range defaultSpec.fragments {
+		data, err := os.ReadFile(filepath.Join(root(t), path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, para := range strings.Split(string(data), "\n\n") {
+			lines := strings.Split(strings.TrimSpace(para), "\n")
+			if len(lines) == 0 || lines[0] == "" {
+				continue
+			}
+			hasOption := false
+			for _, l := range lines {
+				if setLine.MatchString(l) || unsetLine.MatchString(l) {
+					hasOption = true
+				}
+			}
+			first := lines[0]
+			if hasOption && (!strings.HasPrefix(first, "#") || unsetLine.MatchString(first)) {
+				t.Errorf("%s, paragraph %d: options without a comment first: %q", path, i+1, first)
+			}
+		}
+	}
+}
+
+func TestMergeFragments(t *testing.T) {
+	a := []Option{{"A", "y", 1, "a"}, {"B", "n", 2, "a"}, {"C", "y", 3, "a"}}
+	b := []Option{{"D", "y", 1, "b"}, {"B", "y", 2, "b"}}
+	got := MergeFragments(a, b)
+	want := []Option{{"A", "y", 1, "a"}, {"B", "y", 2, "b"}, {"C", "y", 3, "a"}, {"D", "y", 1, "b"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("MergeFragments = %v\nwant %v", got, want)
+	}
+	if d := Dropped(got, []byte("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=y\n")); len(d) != 1 ||
+		!strings.Contains(d[0], "(b line 2)") {
+		t.Errorf("Dropped = %q, want one naming b line 2", d)
 	}
 }
 
@@ -463,29 +537,42 @@ func TestBuildUnknownTarget(t *testing.T) {
 // TestMinimalKernel really builds the minimal kernel in a fresh cache (a
 // few minutes). It runs only with CAPSULE_BUILD_KERNEL=1.
 func TestMinimalKernel(t *testing.T) {
+	testBuildKernel(t, minimalSpec)
+}
+
+// TestDefaultKernel is TestMinimalKernel for the default kernel.
+func TestDefaultKernel(t *testing.T) {
+	testBuildKernel(t, defaultSpec)
+}
+
+func testBuildKernel(t *testing.T, spec kernelSpec) {
 	if testing.Short() || os.Getenv("CAPSULE_BUILD_KERNEL") != "1" {
 		t.Skip("builds a kernel for minutes: set CAPSULE_BUILD_KERNEL=1 (and no -short)")
 	}
 	out := t.TempDir()
 	opts := Options{Root: root(t), CacheDir: t.TempDir(), Stderr: tlog{t}}
-	if _, err := Build(t.Context(), opts, MinimalKernel, out); err != nil {
+	if _, err := Build(t.Context(), opts, spec.target, out); err != nil {
 		t.Fatal(err)
 	}
-	checkMinimalKernel(t, filepath.Join(out, MinimalBzImageFile), filepath.Join(out, MinimalVmlinuxFile))
+	checkKernel(t, filepath.Join(out, spec.bzImage), filepath.Join(out, spec.vmlinux))
 }
 
-// TestMinimalKernelOutput checks testdata/images' minimal kernel, when it
-// has been built.
-func TestMinimalKernelOutput(t *testing.T) {
-	dir := filepath.Join(root(t), "testdata", "images")
-	bz, vm := filepath.Join(dir, MinimalBzImageFile), filepath.Join(dir, MinimalVmlinuxFile)
-	if _, err := os.Stat(vm); err != nil {
-		t.Skip("no testdata/images/minimal.vmlinux: run go run ./internal/cmd/images minimal-kernel")
+// TestKernelOutputs checks testdata/images' kernels, those that have been
+// built.
+func TestKernelOutputs(t *testing.T) {
+	for _, spec := range []kernelSpec{minimalSpec, defaultSpec} {
+		t.Run(spec.target, func(t *testing.T) {
+			dir := filepath.Join(root(t), "testdata", "images")
+			bz, vm := filepath.Join(dir, spec.bzImage), filepath.Join(dir, spec.vmlinux)
+			if _, err := os.Stat(vm); err != nil {
+				t.Skipf("no testdata/images/%s: run go run ./internal/cmd/images %s", spec.vmlinux, spec.target)
+			}
+			checkKernel(t, bz, vm)
+		})
 	}
-	checkMinimalKernel(t, bz, vm)
 }
 
-func checkMinimalKernel(t *testing.T, bzImage, vmlinux string) {
+func checkKernel(t *testing.T, bzImage, vmlinux string) {
 	t.Helper()
 	bz, err := os.ReadFile(bzImage)
 	if err != nil {
@@ -509,4 +596,13 @@ type tlog struct{ t *testing.T }
 func (l tlog) Write(b []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestCheckoutNames checks that capsule looks in a checkout for the files
+// this package writes there.
+func TestCheckoutNames(t *testing.T) {
+	if DefaultVmlinuxFile != guestimage.CheckoutKernelFile || AgentInitramfsFile != guestimage.CheckoutInitrdFile {
+		t.Errorf("images writes %s and %s; guestimage looks for %s and %s", DefaultVmlinuxFile, AgentInitramfsFile,
+			guestimage.CheckoutKernelFile, guestimage.CheckoutInitrdFile)
+	}
 }

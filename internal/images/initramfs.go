@@ -169,16 +169,21 @@ func initramfsEntries(initScript, busybox, helper []byte) []entry {
 	return es
 }
 
-// writeInitramfs writes the gzip-compressed archive. The same inputs give
-// the same bytes: entries are sorted, mtimes are 0, and the gzip header
-// carries no time or name.
+// writeInitramfs writes the test initramfs, gzip-compressed.
 func writeInitramfs(w io.Writer, initScript, busybox, helper []byte) error {
+	return writeArchive(w, initramfsEntries(initScript, busybox, helper))
+}
+
+// writeArchive writes entries, in order, as a gzip-compressed newc archive
+// (a directory must come before its contents). The same entries give the
+// same bytes: mtimes are 0, and the gzip header carries no time or name.
+func writeArchive(w io.Writer, entries []entry) error {
 	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
 	if err != nil {
 		return err
 	}
 	cw := cpio.NewWriter(zw)
-	for _, e := range initramfsEntries(initScript, busybox, helper) {
+	for _, e := range entries {
 		switch {
 		case e.mode.IsDir():
 			err = cw.Dir(e.name, e.mode)

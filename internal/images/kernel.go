@@ -16,33 +16,72 @@ import (
 	"time"
 )
 
-// FragmentPath is the minimal kernel's config fragment, relative to the
-// module root.
-const FragmentPath = "testdata/kernel/minimal.config"
+// Config fragments of the kernels, relative to the module root.
+const (
+	// FragmentPath is the minimal kernel's fragment.
+	FragmentPath = "testdata/kernel/minimal.config"
+	// DefaultFragmentPath is what the default kernel adds to the minimal
+	// kernel's fragment.
+	DefaultFragmentPath = "testdata/kernel/default.config"
+)
 
 const (
 	kernelSourcePkg = "linux-source-6.1"
 	kernelTarball   = "/usr/src/linux-source-6.1.tar.xz"
-	// minimalRecipe changes whenever the build steps change.
+	// The recipes change whenever the build steps change.
 	minimalRecipe = "capsule-images-minimal-kernel-1"
+	defaultRecipe = "capsule-images-default-kernel-1"
 )
 
 var kernelPackages = []string{kernelSourcePkg, "build-essential", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "lz4", "xz-utils"}
 
-// kernelFiles are the cached results of minimal-kernel: the two outputs,
-// the final .config and the make log.
-var kernelFiles = []string{MinimalBzImageFile, MinimalVmlinuxFile, "config", "build.log"}
+// kernelSpec is one kernel target: the fragments merged, in order, onto
+// make tinyconfig (a later fragment's line wins over an earlier one's),
+// and the names of its bzImage and stripped PVH vmlinux.
+type kernelSpec struct {
+	target    string
+	recipe    string
+	fragments []string
+	bzImage   string
+	vmlinux   string
+}
 
-func (b *builder) minimalKernel(ctx context.Context) (map[string]string, string, error) {
-	frag, err := b.input(FragmentPath)
-	if err != nil {
-		return nil, "", err
+var (
+	minimalSpec = kernelSpec{MinimalKernel, minimalRecipe, []string{FragmentPath}, MinimalBzImageFile, MinimalVmlinuxFile}
+	defaultSpec = kernelSpec{DefaultKernel, defaultRecipe, []string{FragmentPath, DefaultFragmentPath}, DefaultBzImageFile, DefaultVmlinuxFile}
+)
+
+// files are the cached results of a kernel target: the two outputs, the
+// final .config and the make log.
+func (s kernelSpec) files() []string {
+	return []string{s.bzImage, s.vmlinux, "config", "build.log"}
+}
+
+// fragment is one config fragment of a kernel build.
+type fragment struct {
+	path string // relative to the module root
+	data []byte
+}
+
+func (b *builder) kernel(ctx context.Context, spec kernelSpec) (map[string]string, string, error) {
+	var frags []fragment
+	var opts [][]Option
+	for _, path := range spec.fragments {
+		data, err := b.input(path)
+		if err != nil {
+			return nil, "", err
+		}
+		o, err := ParseFragment(data)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %s: %w", spec.target, path, err)
+		}
+		for i := range o {
+			o[i].File = path
+		}
+		frags = append(frags, fragment{path, data})
+		opts = append(opts, o)
 	}
-	opts, err := ParseFragment(frag)
-	if err != nil {
-		return nil, "", fmt.Errorf("%s: %s: %w", MinimalKernel, FragmentPath, err)
-	}
-	if err := b.ensurePackages(ctx, MinimalKernel, kernelPackages); err != nil {
+	if err := b.ensurePackages(ctx, spec.target, kernelPackages); err != nil {
 		return nil, "", err
 	}
 	srcVersion, err := packageVersion(ctx, kernelSourcePkg)
@@ -57,34 +96,42 @@ func (b *builder) minimalKernel(ctx context.Context) (map[string]string, string,
 	if err != nil {
 		return nil, "", err
 	}
-	key := Key([]byte(minimalRecipe), frag, []byte(srcVersion), []byte(gcc), []byte(ld))
+	// The minimal kernel's key is recipe, fragment, source, gcc, ld: the
+	// same as before there were two kernels, so its cache stays valid.
+	parts := [][]byte{[]byte(spec.recipe)}
+	for _, f := range frags {
+		parts = append(parts, f.data)
+	}
+	key := Key(append(parts, []byte(srcVersion), []byte(gcc), []byte(ld))...)
 	k := kernelBuild{
 		b:          b,
-		frag:       frag,
-		opts:       opts,
+		spec:       spec,
+		frags:      frags,
+		opts:       MergeFragments(opts...),
 		srcVersion: srcVersion,
-		log:        filepath.Join(b.cache, MinimalKernel+"-"+key+".log"),
+		log:        filepath.Join(b.cache, spec.target+"-"+key+".log"),
 	}
-	dir, hit, err := b.cached(ctx, MinimalKernel, key, kernelFiles, k.run)
+	dir, hit, err := b.cached(ctx, spec.target, key, spec.files(), k.run)
 	if err != nil {
 		return nil, "", err
 	}
 	return map[string]string{
-		MinimalBzImageFile: filepath.Join(dir, MinimalBzImageFile),
-		MinimalVmlinuxFile: filepath.Join(dir, MinimalVmlinuxFile),
+		spec.bzImage: filepath.Join(dir, spec.bzImage),
+		spec.vmlinux: filepath.Join(dir, spec.vmlinux),
 	}, how(hit), nil
 }
 
-// kernelBuild is one build of the minimal kernel.
+// kernelBuild is one build of a kernel.
 type kernelBuild struct {
 	b          *builder
-	frag       []byte
-	opts       []Option
+	spec       kernelSpec
+	frags      []fragment
+	opts       []Option // the fragments merged
 	srcVersion string
 	log        string // the make log while building
 }
 
-// run builds the kernel in scratch and writes kernelFiles to out. The log
+// run builds the kernel in scratch and writes spec.files() to out. The log
 // stays at k.log when the build fails.
 func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 	b := k.b
@@ -94,9 +141,10 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 		return err
 	}
 	defer logFile.Close()
-	p := &progress{start: start, log: logFile, trim: scratch + string(filepath.Separator)}
+	target := k.spec.target
+	p := &progress{target: target, start: start, log: logFile, trim: scratch + string(filepath.Separator)}
 	b.logf("%s: building from %s %s with make -j%d: takes minutes; a progress line every %s (log: %s)",
-		MinimalKernel, kernelSourcePkg, k.srcVersion, b.Jobs, b.ProgressEvery, k.log)
+		target, kernelSourcePkg, k.srcVersion, b.Jobs, b.ProgressEvery, k.log)
 	stop := p.report(b, start)
 	showLog := true // the log adds nothing to a list of dropped options
 	defer func() {
@@ -107,7 +155,7 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 		if showLog {
 			logFile.Sync()
 			if data, rerr := os.ReadFile(k.log); rerr == nil {
-				fmt.Fprintf(b.Stderr, "images: %s: last lines of %s:\n", MinimalKernel, k.log)
+				fmt.Fprintf(b.Stderr, "images: %s: last lines of %s:\n", target, k.log)
 				for _, l := range strings.Split(tail(data, 30), "\n") {
 					fmt.Fprintf(b.Stderr, "  | %s\n", l)
 				}
@@ -118,10 +166,16 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 
 	src := filepath.Join(scratch, strings.TrimSuffix(filepath.Base(kernelTarball), ".tar.xz"))
 	build := filepath.Join(scratch, "build")
-	fragFile := filepath.Join(scratch, "minimal.config")
-	if err := os.WriteFile(fragFile, k.frag, 0o644); err != nil {
-		return err
+	var fragFiles, fragPaths []string
+	for _, f := range k.frags {
+		name := filepath.Join(scratch, filepath.Base(f.path))
+		if err := os.WriteFile(name, f.data, 0o644); err != nil {
+			return err
+		}
+		fragFiles = append(fragFiles, name)
+		fragPaths = append(fragPaths, f.path)
 	}
+	fragList := strings.Join(fragPaths, " and ")
 	if err := p.run(ctx, "unpack "+filepath.Base(kernelTarball), scratch, "tar", "-xf", kernelTarball); err != nil {
 		return err
 	}
@@ -130,7 +184,8 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 	}
 	// -n merges onto allnoconfig rather than alldefconfig: a smaller kernel.
 	merge := filepath.Join(src, "scripts", "kconfig", "merge_config.sh")
-	if err := p.run(ctx, "merge "+FragmentPath, src, "bash", merge, "-n", "-O", build, filepath.Join(build, ".config"), fragFile); err != nil {
+	args := append([]string{merge, "-n", "-O", build, filepath.Join(build, ".config")}, fragFiles...)
+	if err := p.run(ctx, "merge "+fragList, src, "bash", args...); err != nil {
 		return err
 	}
 	dotConfig, err := os.ReadFile(filepath.Join(build, ".config"))
@@ -140,7 +195,7 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 	if dropped := Dropped(k.opts, dotConfig); len(dropped) > 0 {
 		showLog = false
 		return fmt.Errorf("%s: %d option(s) of %s did not survive the merge:\n  %s",
-			MinimalKernel, len(dropped), FragmentPath, strings.Join(dropped, "\n  "))
+			target, len(dropped), fragList, strings.Join(dropped, "\n  "))
 	}
 	if err := os.WriteFile(filepath.Join(out, "config"), dotConfig, 0o644); err != nil {
 		return err
@@ -148,16 +203,16 @@ func (k kernelBuild) run(ctx context.Context, out, scratch string) (err error) {
 	if err := p.run(ctx, "make bzImage", src, "make", "O="+build, fmt.Sprintf("-j%d", b.Jobs), "bzImage"); err != nil {
 		return err
 	}
-	if err := copyFile(filepath.Join(build, "arch", "x86", "boot", "bzImage"), filepath.Join(out, MinimalBzImageFile)); err != nil {
+	if err := copyFile(filepath.Join(build, "arch", "x86", "boot", "bzImage"), filepath.Join(out, k.spec.bzImage)); err != nil {
 		return err
 	}
-	vmlinux := filepath.Join(out, MinimalVmlinuxFile)
+	vmlinux := filepath.Join(out, k.spec.vmlinux)
 	if err := p.run(ctx, "strip vmlinux", build, "strip", "--strip-all", "-o", vmlinux, filepath.Join(build, "vmlinux")); err != nil {
 		return err
 	}
 	entry, err := PVHEntry(vmlinux)
 	if err != nil {
-		return fmt.Errorf("%s: stripped vmlinux: %w", MinimalKernel, err)
+		return fmt.Errorf("%s: stripped vmlinux: %w", target, err)
 	}
 	fmt.Fprintf(p, "### done in %s: PVH entry %#x\n", secs(time.Since(start)), entry)
 	if err := logFile.Close(); err != nil {
@@ -187,6 +242,7 @@ func copyFile(src, dst string) error {
 // and the last kbuild line ("  CC      kernel/fork.o") for the progress
 // lines.
 type progress struct {
+	target  string // the image target, for errors and progress lines
 	start   time.Time
 	mu      sync.Mutex
 	log     io.Writer
@@ -226,9 +282,9 @@ func (p *progress) run(ctx context.Context, step, dir, name string, args ...stri
 	cmd.Stdout, cmd.Stderr = p, p
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %s: %w", MinimalKernel, step, ctx.Err())
+			return fmt.Errorf("%s: %s: %w", p.target, step, ctx.Err())
 		}
-		return fmt.Errorf("%s: %s: %w", MinimalKernel, step, err)
+		return fmt.Errorf("%s: %s: %w", p.target, step, err)
 	}
 	return nil
 }
@@ -249,7 +305,7 @@ func (p *progress) report(b *builder, start time.Time) (stop func()) {
 				p.mu.Lock()
 				step, last := p.step, p.last
 				p.mu.Unlock()
-				line := fmt.Sprintf("%s: %s: %s", MinimalKernel, time.Since(start).Round(time.Second), step)
+				line := fmt.Sprintf("%s: %s: %s", p.target, time.Since(start).Round(time.Second), step)
 				if last != "" {
 					line += ": " + last
 				}

@@ -13,6 +13,8 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, 2, "Usage:"},
 		{[]string{"-h"}, 0, "minimal-kernel"},
+		{[]string{"-h"}, 0, "default-kernel"},
+		{[]string{"-h"}, 0, "agent-initramfs"},
 		{[]string{"kernel"}, 2, `unknown target "kernel"`},
 		{[]string{"initramfs", "all"}, 2, "Usage:"},
 		{[]string{"initramfs", "--bogus"}, 2, "unknown flag"},
