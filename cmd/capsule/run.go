@@ -38,7 +38,7 @@ type signalError struct{ sig syscall.Signal }
 func (e signalError) Error() string { return "stopped by " + unix.SignalName(e.sig) }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("run", "run --kernel PATH [flags]", `Boots a kernel in a new micro-VM. The guest's serial console (COM1) is
+	fs := newFlags("run", "run --kernel PATH [flags]\n       capsule run --rootfs DIR | --image ARCHIVE [flags] [--] CMD [ARGS...]", `Boots a kernel in a new micro-VM. The guest's serial console (COM1) is
 connected to this terminal: output goes to stdout, and what you type goes to
 the guest. On a terminal, type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends
 a Ctrl-A to the guest).
@@ -51,7 +51,7 @@ reports a panic (pvpanic, port 0x505), 128+N after signal N, 1 when capsule
 itself fails, and 2 when it is invoked wrongly (an unknown flag, a bad
 value, a stray argument, no --kernel). A summary with the boot time (the
 guest's write of 123 to I/O port 0xf5) goes to stderr.
-`, stdout, stderr)
+`+sandboxHelp, stdout, stderr)
 	var cfg vmm.Config
 	var timeout time.Duration
 	var quiet bool
@@ -74,10 +74,18 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	var jf jailFlags
 	jf.add(fs)
 	var statsFD int
+	var sf sandboxFlags
+	sf.add(fs)
+	// The first argument that is not a flag starts the command of
+	// --rootfs/--image: its own flags are not capsule's.
+	fs.SetInterspersed(false)
 	fs.IntVar(&statsFD, "stats-fd", 0, "write run statistics as JSON to this file descriptor (used by capsule bench)")
 	fs.MarkHidden("stats-fd")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	if err := fs.Parse(args); err != nil {
+		return flagError(fs, err)
+	}
+	if !sf.active() && fs.NArg() > 0 {
+		return usageErrorf("unexpected argument %q (a command runs with --rootfs or --image)", fs.Arg(0))
 	}
 	if err := vmm.CheckCPUs(cfg.CPUs); err != nil {
 		return usageErrorf("--cpus %d: %w", cfg.CPUs, err)
@@ -88,12 +96,18 @@ guest's write of 123 to I/O port 0xf5) goes to stderr.
 	if timeout < 0 {
 		return usageErrorf("--timeout %v: must not be negative", timeout)
 	}
-	if cfg.Kernel == "" {
-		return usageErrorf("--kernel is required")
-	}
 	var err error
 	if cfg.Devices, err = devs.Devices(); err != nil {
 		return usageError{err}
+	}
+	if sf.active() {
+		if jf.set() {
+			return usageErrorf("--jail does not work with --rootfs or --image yet")
+		}
+		return runSandbox(&sf, cfg, fs.Args(), timeout, verbose, seccompOn, stdout, stderr)
+	}
+	if cfg.Kernel == "" {
+		return usageErrorf("--kernel is required")
 	}
 	cfg.Console = stdout
 	cfg.Log = stderr

@@ -1,0 +1,263 @@
+// Package sandbox runs programs from a host directory inside a micro-VM
+// of their own: capsule's default kernel boots with the agent initramfs
+// (cmd/capsule-agent as init), the directory is the guest's root over
+// virtio-9p, and the guest agent (package agent), reached over vsock,
+// starts the programs and carries their stdio and exit status.
+//
+// A VM is made by New, booted by Start (which returns once the agent has
+// set the root up), used through Agent, and ended by Stop and Close.
+// Nothing of it is left behind after Close: the VM's private directory
+// (holding the vsock socket) is removed.
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/capsule-vm/capsule/agent"
+	"github.com/capsule-vm/capsule/vmm"
+)
+
+// Mount tags of the shares New adds; a user's own shares must use others.
+const (
+	RootTag      = "capsule-root"
+	volumePrefix = "capsule-vol"
+)
+
+// guestCID is the guest's vsock context ID (the first one after the
+// host's).
+const guestCID = 3
+
+// Cmdline is the kernel command line of a sandbox guest, before Config's
+// own words.
+const Cmdline = "console=ttyS0 quiet reboot=k panic=-1"
+
+// DefaultBootTimeout bounds the boot: from Start to the agent answering.
+const DefaultBootTimeout = 60 * time.Second
+
+// Volume is a host directory mounted at Path in the guest.
+type Volume struct {
+	HostDir  string
+	Path     string // absolute, in the guest's root
+	ReadOnly bool
+}
+
+// Config describes a sandbox VM.
+type Config struct {
+	// Kernel and Initrd are the default kernel and the agent initramfs
+	// (package internal/guestimage finds them).
+	Kernel, Initrd string
+	// Cmdline is added to the kernel command line (Cmdline).
+	Cmdline   string
+	CPUs      int
+	MemoryMiB int
+	// Root is the host directory that becomes the guest's root. With
+	// RootReadOnly the guest cannot change it: its writes go to a tmpfs
+	// overlay, discarded at power-off.
+	Root         string
+	RootReadOnly bool
+	Volumes      []Volume
+	Hostname     string
+	// Devices are further devices (disks, networks, shares of the user's
+	// own); not a vsock device, which is the agent's.
+	Devices []vmm.Device
+	// Console gets the guest kernel's console; nil discards it. Log gets
+	// capsule's device messages (vmm.Config.Log).
+	Console, Log io.Writer
+	// RuntimeDir is where the VM's private directory is made; empty means
+	// os.TempDir().
+	RuntimeDir string
+}
+
+// VM is a sandbox micro-VM.
+type VM struct {
+	cfg    Config
+	vm     *vmm.VM
+	devs   []vmm.Device
+	dir    string
+	client *agent.Client
+
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run has returned
+	res    vmm.Result
+	runErr error
+	once   sync.Once
+}
+
+// New checks cfg, makes the VM's private directory and the VM (vmm.New):
+// devices are open and the kernel loaded, but nothing runs yet.
+func New(cfg Config) (*VM, error) {
+	if cfg.Root == "" {
+		return nil, errors.New("sandbox: no root directory")
+	}
+	if fi, err := os.Stat(cfg.Root); err != nil {
+		return nil, fmt.Errorf("root %w", err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("root %s: not a directory", cfg.Root)
+	}
+	for _, d := range cfg.Devices {
+		if _, ok := d.(vmm.Vsock); ok {
+			return nil, errors.New("a vsock device of its own cannot be given: the guest agent's vsock device is capsule's")
+		}
+		if s, ok := d.(vmm.Share); ok && (s.Tag == RootTag || strings.HasPrefix(s.Tag, volumePrefix)) {
+			return nil, fmt.Errorf("share tag %s: %s and %s* are capsule's own", s.Tag, RootTag, volumePrefix)
+		}
+	}
+	for _, v := range cfg.Volumes {
+		if !filepath.IsAbs(v.Path) || filepath.Clean(v.Path) == "/" {
+			return nil, fmt.Errorf("volume %s:%s: the guest path must be absolute and not /", v.HostDir, v.Path)
+		}
+	}
+	dir, err := os.MkdirTemp(cfg.RuntimeDir, "capsule-")
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	devs := []vmm.Device{
+		vmm.Share{HostDir: cfg.Root, Tag: RootTag, ReadOnly: cfg.RootReadOnly},
+		vmm.Vsock{CID: guestCID, Path: filepath.Join(dir, "vsock")},
+		vmm.RNG{},
+	}
+	for i, v := range cfg.Volumes {
+		devs = append(devs, vmm.Share{HostDir: v.HostDir, Tag: fmt.Sprintf("%s%d", volumePrefix, i), ReadOnly: v.ReadOnly})
+	}
+	devs = append(devs, cfg.Devices...)
+	console := cfg.Console
+	if console == nil {
+		console = io.Discard
+	}
+	cmdline := Cmdline
+	if cfg.Cmdline != "" {
+		cmdline += " " + cfg.Cmdline
+	}
+	vm, err := vmm.New(vmm.Config{
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cmdline,
+		CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB,
+		Console: console, Log: cfg.Log, Devices: devs,
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &VM{cfg: cfg, vm: vm, devs: devs, dir: dir, done: make(chan struct{})}, nil
+}
+
+// VMM is the underlying VM (for its phases and statistics).
+func (v *VM) VMM() *vmm.VM { return v.vm }
+
+// Devices are the VM's devices, the agent's included (for a seccomp
+// filter that must allow what they do).
+func (v *VM) Devices() []vmm.Device { return v.devs }
+
+// Start runs the VM and waits, until ctx ends, for the agent to answer
+// and set the root up. The VM keeps running after Start returns, until
+// Stop or the guest ends it.
+func (v *VM) Start(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+	go func() {
+		defer close(v.done)
+		v.res, v.runErr = v.vm.Run(runCtx)
+	}()
+	// The dial gives up when the VM stops before its agent answers.
+	dialCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-v.done:
+			stop()
+		case <-dialCtx.Done():
+		}
+	}()
+	c, err := agent.Dial(dialCtx, agent.HybridDialer(filepath.Join(v.dir, "vsock")))
+	if err != nil {
+		return v.bootErr(ctx, err)
+	}
+	v.client = c
+	sb := agent.Sandbox{Hostname: v.cfg.Hostname, RootTag: RootTag, RootReadOnly: v.cfg.RootReadOnly}
+	for i, vol := range v.cfg.Volumes {
+		sb.Mounts = append(sb.Mounts, agent.Mount{Tag: fmt.Sprintf("%s%d", volumePrefix, i), Path: vol.Path, ReadOnly: vol.ReadOnly})
+	}
+	if err := c.Setup(dialCtx, sb); err != nil {
+		return v.bootErr(ctx, err)
+	}
+	return nil
+}
+
+// bootErr says why the agent did not come up: the VM's end when it has
+// ended, else err.
+func (v *VM) bootErr(ctx context.Context, err error) error {
+	select {
+	case <-v.done:
+		return fmt.Errorf("the guest stopped before its agent was ready: %s", v.describeEnd())
+	default:
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("the guest agent did not answer in time: %w", err)
+	}
+	return err
+}
+
+// describeEnd is how the VM ended, once it has.
+func (v *VM) describeEnd() string {
+	if v.runErr != nil {
+		return v.runErr.Error()
+	}
+	s := v.res.Reason.String()
+	if v.res.Detail != "" {
+		s += ": " + v.res.Detail
+	}
+	return s
+}
+
+// Agent is the connection to the guest agent, once Start has succeeded.
+func (v *VM) Agent() *agent.Client { return v.client }
+
+// Done is closed when the VM has stopped.
+func (v *VM) Done() <-chan struct{} { return v.done }
+
+// Result is how the VM ended; valid once Done is closed.
+func (v *VM) Result() (vmm.Result, error) { return v.res, v.runErr }
+
+// Ended says, once Done is closed, how the VM ended, in words.
+func (v *VM) Ended() string { return v.describeEnd() }
+
+// Stop ends the VM: the agent is asked to power the guest off, and after
+// grace (or at once when the agent is gone) the VM is stopped. It returns
+// when every vCPU has stopped.
+func (v *VM) Stop(grace time.Duration) {
+	v.once.Do(func() {
+		if v.cancel == nil { // never started
+			return
+		}
+		if v.client != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
+			v.client.Shutdown(ctx)
+			cancel()
+			t := time.NewTimer(grace)
+			select {
+			case <-v.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		v.cancel()
+		<-v.done
+	})
+}
+
+// Close stops the VM if it runs, releases it and removes its directory.
+func (v *VM) Close() error {
+	v.Stop(0)
+	err := v.vm.Close()
+	if rerr := os.RemoveAll(v.dir); err == nil {
+		err = rerr
+	}
+	return err
+}
