@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,9 +73,66 @@ type Config struct {
 	// Console gets the guest kernel's console; nil discards it. Log gets
 	// capsule's device messages (vmm.Config.Log).
 	Console, Log io.Writer
-	// RuntimeDir is where the VM's private directory is made; empty means
-	// os.TempDir().
-	RuntimeDir string
+	// Name names the VM for Exec: its private directory is then
+	// RuntimeDir()/Name, and one VM of a name runs at a time. Empty: a
+	// fresh directory under os.TempDir().
+	Name string
+}
+
+// RuntimeDir is where named VMs keep their directories:
+// $XDG_RUNTIME_DIR/capsule, else /run/capsule for root, else
+// capsule-UID in the temporary directory.
+func RuntimeDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "capsule")
+	}
+	if os.Geteuid() == 0 {
+		return "/run/capsule"
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("capsule-%d", os.Geteuid()))
+}
+
+// CheckName says what is wrong with a VM name, or nil.
+func CheckName(name string) error {
+	if name == "" || len(name) > 64 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != "" ||
+		name[0] == '.' || name[0] == '-' {
+		return fmt.Errorf("name %q: want 1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+// AgentSocket is the socket through which the agent of the VM called
+// name is reached (see Dial).
+func AgentSocket(name string) string { return filepath.Join(RuntimeDir(), name, "vsock") }
+
+// privateDir makes the VM's directory: a fresh temporary one, or
+// RuntimeDir()/name, replacing one a VM of that name left behind when it
+// was killed (its socket no longer answers).
+func privateDir(name string) (string, error) {
+	if name == "" {
+		return os.MkdirTemp("", "capsule-")
+	}
+	if err := CheckName(name); err != nil {
+		return "", err
+	}
+	parent := RuntimeDir()
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(parent, name)
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, fs.ErrExist) {
+		c, derr := net.Dial("unix", filepath.Join(dir, "vsock"))
+		if derr == nil {
+			c.Close()
+			return "", fmt.Errorf("a VM named %s is running (its directory is %s)", name, dir)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return "", err
+		}
+		err = os.Mkdir(dir, 0o700)
+	}
+	return dir, err
 }
 
 // VM is a sandbox micro-VM.
@@ -115,7 +174,7 @@ func New(cfg Config) (*VM, error) {
 			return nil, fmt.Errorf("volume %s:%s: the guest path must be absolute and not /", v.HostDir, v.Path)
 		}
 	}
-	dir, err := os.MkdirTemp(cfg.RuntimeDir, "capsule-")
+	dir, err := privateDir(cfg.Name)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}

@@ -62,7 +62,8 @@ type command struct {
 }
 
 var commands = []command{
-	{"run", "boot a kernel in a micro-VM", cmdRun},
+	{"run", "boot a kernel in a micro-VM, or run a program in one (--rootfs, --image)", cmdRun},
+	{"exec", "run a further program in a running VM (capsule run --name)", cmdExec},
 	{"bench", "boot a kernel repeatedly and report boot times, side by side with QEMU", cmdBench},
 	{"probe", "say what kind of KVM this host has and what will work", cmdProbe},
 	{"version", "print capsule's version (also capsule --version)", cmdVersion},

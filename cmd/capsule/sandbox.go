@@ -46,6 +46,7 @@ type sandboxFlags struct {
 	hostname         string
 	volumes          []string
 	bootTimeout      time.Duration
+	name             string
 }
 
 func (s *sandboxFlags) add(fs *pflag.FlagSet) {
@@ -55,15 +56,31 @@ func (s *sandboxFlags) add(fs *pflag.FlagSet) {
 		"layout (directory or archive); its Entrypoint, Cmd, Env, WorkingDir and User apply")
 	fs.BoolVar(&s.readOnly, "read-only", false, "with --rootfs: the guest cannot change the directory (its writes go to a\n"+
 		"tmpfs overlay, lost at exit); an --image root is always read-only so")
+	s.addProcess(fs)
+	fs.StringVar(&s.hostname, "hostname", "", "the guest's host name (default: capsule)")
+	fs.StringArrayVar(&s.volumes, "volume", nil, "mount a host directory in the guest, HOSTDIR:PATH[:ro] (repeatable)")
+	fs.StringVar(&s.name, "name", "", "name the VM, so that capsule exec NAME runs further programs in it")
+	fs.DurationVar(&s.bootTimeout, "boot-timeout", sandbox.DefaultBootTimeout, "give up when the guest agent has not answered this long after start")
+}
+
+// addProcess adds the flags of the program's settings (run's and exec's).
+func (s *sandboxFlags) addProcess(fs *pflag.FlagSet) {
 	fs.BoolVarP(&s.interactive, "interactive", "i", false, "connect this stdin to the program (without it, the program reads end of file)")
 	fs.BoolVarP(&s.tty, "tty", "t", false, "give the program a terminal (a pty in the guest) of this terminal's size")
 	fs.StringArrayVarP(&s.env, "env", "e", nil, "set an environment variable of the program, KEY=VALUE (repeatable)")
 	fs.StringVarP(&s.workdir, "workdir", "w", "", "the program's working directory (default: the image's, else /)")
 	fs.StringVarP(&s.user, "user", "u", "", "run the program as USER[:GROUP], names or numbers from the root's /etc/passwd\n"+
 		"and /etc/group (default: the image's user, else root)")
-	fs.StringVar(&s.hostname, "hostname", "", "the guest's host name (default: capsule)")
-	fs.StringArrayVar(&s.volumes, "volume", nil, "mount a host directory in the guest, HOSTDIR:PATH[:ro] (repeatable)")
-	fs.DurationVar(&s.bootTimeout, "boot-timeout", sandbox.DefaultBootTimeout, "give up when the guest agent has not answered this long after start")
+}
+
+// checkEnv checks the -e values.
+func (s *sandboxFlags) checkEnv() error {
+	for _, e := range s.env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return usageErrorf("--env %q: want KEY=VALUE", e)
+		}
+	}
+	return nil
 }
 
 func (s *sandboxFlags) active() bool { return s.rootfs != "" || s.image != "" }
@@ -103,9 +120,12 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	if err != nil {
 		return usageError{err}
 	}
-	for _, e := range sf.env {
-		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-			return usageErrorf("--env %q: want KEY=VALUE", e)
+	if err := sf.checkEnv(); err != nil {
+		return err
+	}
+	if sf.name != "" {
+		if err := sandbox.CheckName(sf.name); err != nil {
+			return usageErrorf("--name: %w", err)
 		}
 	}
 	images, err := guestimage.Find(guestimage.Options{Kernel: cfg.Kernel, Initrd: cfg.Initrd})
@@ -159,14 +179,6 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	spec.UID, spec.GID, spec.Groups = u.UID, u.GID, u.Groups
 	spec.Env = mergeEnv(env, sf.env, u.Home, sf.tty)
 
-	stdinFD := int(os.Stdin.Fd())
-	if sf.tty {
-		spec.Terminal = true
-		if w, h, err := term.GetSize(stdinFD); err == nil {
-			spec.Cols, spec.Rows = uint16(w), uint16(h)
-		}
-	}
-
 	var console io.Writer
 	tail := &tailWriter{max: 16 << 10}
 	console = tail
@@ -181,7 +193,7 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		Kernel: images.Kernel, Initrd: images.Initrd, Cmdline: cfg.Cmdline,
 		CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB,
 		Root: root, RootReadOnly: ro, Volumes: volumes, Hostname: hostname,
-		Devices: cfg.Devices, Console: console, Log: stderr,
+		Devices: cfg.Devices, Console: console, Log: stderr, Name: sf.name,
 	})
 	if errors.Is(err, vmm.ErrNoKVM) {
 		return fmt.Errorf("%w (capsule probe says more)", err)
@@ -222,6 +234,53 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		fmt.Fprintf(stderr, "capsule: guest agent ready after %s (%s)\n", ms(time.Since(start)), sb.Agent().Agent)
 	}
 
+	if sf.name != "" {
+		if err := writeExecDefaults(sandbox.AgentSocket(sf.name), execDefaults{Root: root, Env: env, Cwd: spec.Cwd, User: userSpec}); err != nil {
+			return err
+		}
+	}
+	st, err := runProcess(ctx, sb.Agent(), spec, sf, sigs, stdout, stderr)
+	var notRun notRunError
+	switch {
+	case errors.As(err, &notRun):
+		fmt.Fprintf(stderr, "capsule: %v\n", notRun.err)
+		return exitError{notRun.status}
+	case err != nil && context.Cause(ctx) == errTimeout:
+		fmt.Fprintf(stderr, "capsule: --timeout %v expired\n", timeout)
+		return exitError{statusTimeout}
+	case err != nil:
+		return sandboxEnd(sb, err, tail, verbose, stderr)
+	}
+	sb.Stop(2 * time.Second)
+	if verbose {
+		fmt.Fprintf(stderr, "capsule: %s after %s; the guest: %s\n", st, ms(time.Since(start)), sb.Ended())
+	}
+	if code := st.ShellCode(); code != 0 {
+		return exitError{code}
+	}
+	return nil
+}
+
+// notRunError: the program could not be started, with the status to
+// exit with.
+type notRunError struct {
+	status int
+	err    error
+}
+
+func (e notRunError) Error() string { return e.err.Error() }
+
+// runProcess starts spec through c with this process's stdio (stdin with
+// -i; a raw terminal with -i -t), passes it the signals that arrive on
+// sigs and this terminal's size changes, and waits for its end.
+func runProcess(ctx context.Context, c *agent.Client, spec agent.ProcessSpec, sf *sandboxFlags, sigs <-chan os.Signal, stdout, stderr io.Writer) (agent.ExitStatus, error) {
+	stdinFD := int(os.Stdin.Fd())
+	if sf.tty {
+		spec.Terminal = true
+		if w, h, err := term.GetSize(stdinFD); err == nil {
+			spec.Cols, spec.Rows = uint16(w), uint16(h)
+		}
+	}
 	stdio := agent.Stdio{Stdout: stdout, Stderr: stderr}
 	if sf.interactive {
 		stdio.Stdin = os.Stdin
@@ -229,23 +288,21 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	if sf.tty && sf.interactive && term.IsTerminal(stdinFD) {
 		old, err := term.MakeRaw(stdinFD)
 		if err != nil {
-			return fmt.Errorf("terminal: %w", err)
+			return agent.ExitStatus{}, fmt.Errorf("terminal: %w", err)
 		}
 		defer term.Restore(stdinFD, old)
 	}
-	p, err := sb.Agent().Start(ctx, spec, stdio)
+	p, err := c.Start(ctx, spec, stdio)
 	switch {
 	case errors.Is(err, agent.ErrNotFound):
-		fmt.Fprintf(stderr, "capsule: %v\n", err)
-		return exitError{statusNotFound}
+		return agent.ExitStatus{}, notRunError{statusNotFound, err}
 	case errors.Is(err, agent.ErrPermission):
-		fmt.Fprintf(stderr, "capsule: %v\n", err)
-		return exitError{statusCannotRun}
+		return agent.ExitStatus{}, notRunError{statusCannotRun, err}
 	case err != nil:
-		return sandboxEnd(sb, err, tail, verbose, stderr)
+		return agent.ExitStatus{}, err
 	}
-
-	// Signals go to the program; the window size follows this terminal.
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
 		for {
 			select {
@@ -259,27 +316,12 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 					continue
 				}
 				p.Signal(ctx, s.(syscall.Signal))
-			case <-ctx.Done():
+			case <-stop:
 				return
 			}
 		}
 	}()
-	st, err := p.Wait(ctx)
-	if err != nil {
-		if context.Cause(ctx) == errTimeout {
-			fmt.Fprintf(stderr, "capsule: --timeout %v expired\n", timeout)
-			return exitError{statusTimeout}
-		}
-		return sandboxEnd(sb, err, tail, verbose, stderr)
-	}
-	sb.Stop(2 * time.Second)
-	if verbose {
-		fmt.Fprintf(stderr, "capsule: %s after %s; the guest: %s\n", st, ms(time.Since(start)), sb.Ended())
-	}
-	if code := st.ShellCode(); code != 0 {
-		return exitError{code}
-	}
-	return nil
+	return p.Wait(ctx)
 }
 
 // sandboxEnd reports an agent error: when the guest has stopped, how it
