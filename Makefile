@@ -40,7 +40,7 @@ DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-ce
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils \
 	e2fsprogs e2fsck-static
 # Packages of the rig/e2e tests run inside the nested guest.
-RIG_PKGS = ./kvm ./vmm ./cmd/capsule
+RIG_PKGS = ./kvm ./vmm ./cmd/capsule ./agent
 
 GUESTS = $(patsubst %.S,%.elf,$(wildcard testdata/guests/*.S))
 # Hostile C guests (testdata/guests/hostile): every NAME.c but kit.c is a

@@ -233,9 +233,11 @@ func TestTerminalStdinEOF(t *testing.T) {
 func TestSignalToHandler(t *testing.T) {
 	c, _, ctx := connect(t)
 	out := newWatched()
+	// The trap kills the sleep with SIGKILL: a TERM could reach it
+	// between its fork and its exec, while it still has sh's handler.
 	p, err := c.Start(ctx, agent.ProcessSpec{
 		ID: "trap", Env: testEnv,
-		Args: []string{"sh", "-c", `trap 'echo got TERM; kill $!; exit 3' TERM; echo ready; while :; do sleep 100 >/dev/null 2>&1 & wait $!; done`},
+		Args: []string{"sh", "-c", `trap 'echo got TERM; kill -KILL $!; exit 3' TERM; echo ready; while :; do sleep 100 >/dev/null 2>&1 & wait $!; done`},
 	}, agent.Stdio{Stdout: out})
 	if err != nil {
 		t.Fatal(err)
@@ -437,5 +439,61 @@ func TestShutdownOnMainExit(t *testing.T) {
 	case <-a.exited:
 	case <-ctx.Done():
 		t.Fatal("the agent did not power off after the main process and the host were gone")
+	}
+}
+
+func TestStreamRefusals(t *testing.T) {
+	c, a, ctx := connect(t)
+	stdinR, stdinW := io.Pipe()
+	defer stdinW.Close()
+	out := newWatched()
+	p, err := c.Start(ctx, agent.ProcessSpec{ID: "p", Env: testEnv, Args: []string{"sh", "-c", "echo ready; exec cat"}},
+		agent.Stdio{Stdin: stdinR, Stdout: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, ctx, "ready\n")
+	for _, h := range []agent.StreamHeader{
+		{Version: agent.Version, Kind: agent.Stdout, ID: "nobody"},
+		{Version: agent.Version, Kind: agent.Stdout, ID: "p"},
+		{Version: agent.Version, Kind: agent.Stdin, ID: "p"},
+		{Version: agent.Version + 1, Kind: agent.Stderr, ID: "p"},
+	} {
+		conn, err := a.dial(ctx, agent.StreamPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		agent.WriteStreamHeader(conn, h)
+		if err := agent.ReadStreamAnswer(conn); err == nil {
+			t.Errorf("%+v: attached", h)
+		}
+		conn.Close()
+	}
+	// Garbage: the agent closes the connection (a reset, with what it
+	// left unread).
+	conn, err := a.dial(ctx, agent.StreamPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n")
+	if n, err := conn.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("garbage header: read %d, %v; want the connection closed", n, err)
+	}
+	conn.Close()
+	// The process is unharmed.
+	stdinW.Close()
+	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
+		t.Errorf("%v, %v", st, err)
+	}
+}
+
+func TestStdinLeftOpen(t *testing.T) {
+	c, _, ctx := connect(t)
+	stdinR, stdinW := io.Pipe()
+	defer stdinW.Close()
+	// The host's stdin never ends; the process exits anyway.
+	st, out, _ := run(t, c, ctx, agent.ProcessSpec{ID: "p", Args: []string{"echo", "hi"}}, stdinR)
+	if st.Code != 0 || out != "hi\n" {
+		t.Errorf("%v, %q", st, out)
 	}
 }

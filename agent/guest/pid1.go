@@ -204,11 +204,17 @@ func (pid1) KillAll() {
 	unix.Kill(-1, unix.SIGKILL)
 }
 
-// PowerOff syncs the file systems and powers the machine off (ACPI,
-// which capsule turns into the VM's exit).
+// PowerOff syncs the file systems and powers the machine off through
+// ACPI, which capsule turns into the VM's exit. A kernel without ACPI
+// cannot power off (reboot(2) would halt the machine forever): it
+// restarts instead, which capsule also ends the VM on (reboot=k).
 func (pid1) PowerOff() {
 	unix.Sync()
-	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if _, err := os.Stat("/sys/firmware/acpi"); err != nil {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	err := unix.Reboot(cmd)
 	fmt.Fprintf(os.Stderr, "capsule-agent: power off: %v\n", err)
 	os.Exit(1) // init's exit panics the kernel, which then reboots (panic=-1)
 }

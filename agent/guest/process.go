@@ -33,7 +33,8 @@ type process struct {
 
 	// Under the server's mu.
 	stdinAttached bool
-	stdinConn     net.Conn // nil once the process has exited
+	stdinConn     net.Conn // the stdin stream, while the process runs
+	stdinEnded    bool     // the process has exited: no stdin is taken
 
 	exited chan struct{}   // closed once reaped
 	status unix.WaitStatus // once exited
@@ -303,10 +304,14 @@ func (s *Server) await(p *process, exitc <-chan unix.WaitStatus) {
 	close(p.exited)
 	s.mu.Lock()
 	conn := p.stdinConn
-	p.stdinConn = nil
+	p.stdinConn, p.stdinEnded = nil, true
+	unattached := p.stdinW != nil && !p.stdinAttached
 	s.mu.Unlock()
 	if conn != nil {
-		conn.Close() // stops the stdin copy
+		conn.Close() // stops the stdin copy, which closes stdinW
+	}
+	if unattached {
+		p.stdinW.Close()
 	}
 	if p.main {
 		s.mainExit()

@@ -17,7 +17,21 @@ import (
 type reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan unix.WaitStatus
-	orphans int // reaped children nobody waited for
+	// orphaned, when set (tests), receives the pid of each child reaped
+	// that nobody waited for.
+	orphaned chan<- int
+}
+
+var (
+	reaperOnce sync.Once
+	theReaper  *reaper
+)
+
+// processReaper returns the process's reaper, started on first use: two
+// would reap each other's children.
+func processReaper() *reaper {
+	reaperOnce.Do(func() { theReaper = newReaper() })
+	return theReaper
 }
 
 func newReaper() *reaper {
@@ -63,12 +77,12 @@ func (r *reaper) reap() {
 		r.mu.Lock()
 		ch := r.waiters[pid]
 		delete(r.waiters, pid)
-		if ch == nil {
-			r.orphans++
-		}
+		orphaned := r.orphaned
 		r.mu.Unlock()
 		if ch != nil {
 			ch <- ws
+		} else if orphaned != nil {
+			orphaned <- pid
 		}
 	}
 }

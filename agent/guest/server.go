@@ -49,7 +49,7 @@ func NewServer(sys System, name string) *Server {
 	return &Server{
 		sys:      sys,
 		name:     name,
-		reaper:   newReaper(),
+		reaper:   processReaper(),
 		procs:    make(map[string]*process),
 		reserved: make(map[string]bool),
 		off:      make(chan struct{}),
@@ -173,7 +173,7 @@ func (s *Server) handleStream(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	p, o, err := s.claim(h)
+	p, o, err := s.claim(h, c)
 	if err != nil {
 		agent.WriteStreamAnswer(c, err)
 		c.Close()
@@ -186,12 +186,23 @@ func (s *Server) handleStream(c net.Conn) {
 		o.attach <- c
 		return
 	}
+	s.mu.Lock()
+	ended := p.stdinConn != c
+	s.mu.Unlock()
+	if ended {
+		c.Close()
+		if p.stdinW != nil {
+			p.stdinW.Close()
+		}
+		return
+	}
 	p.copyStdin(c)
 }
 
 // claim finds the process and stream a header names and marks the
-// stream attached: its output, or nil for stdin.
-func (s *Server) claim(h agent.StreamHeader) (*process, *output, error) {
+// stream, c, attached: it returns its output, or nil for stdin (which
+// becomes p.stdinConn unless the process has exited).
+func (s *Server) claim(h agent.StreamHeader, c net.Conn) (*process, *output, error) {
 	if h.Version != agent.Version {
 		return nil, nil, errors.New("protocol version mismatch")
 	}
@@ -209,6 +220,10 @@ func (s *Server) claim(h agent.StreamHeader) (*process, *output, error) {
 			return nil, nil, errors.New("stdin already attached")
 		}
 		p.stdinAttached = true
+		if p.stdinEnded {
+			return p, nil, nil // nothing reads it: closed at once
+		}
+		p.stdinConn = c
 		return p, nil, nil
 	}
 	for _, o := range p.outs {

@@ -1,0 +1,163 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/capsule-vm/capsule/agent"
+	"github.com/capsule-vm/capsule/internal/cpio"
+	"github.com/capsule-vm/capsule/internal/kvmtest"
+)
+
+// agentInitramfs writes an initramfs with bin/capsule-agent as /init and
+// a static busybox with the applets the test runs.
+func agentInitramfs(t *testing.T, agentBin string) string {
+	t.Helper()
+	busybox := "/bin/busybox" // the rig's guest has it there, as Debian's busybox-static
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Skipf("needs a static busybox: %v", err)
+	}
+	init, err := os.ReadFile(agentBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	w := cpio.NewWriter(&b)
+	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp"} {
+		w.Dir(d, 0o755)
+	}
+	w.CharDev("dev/console", 0o600, 5, 1)
+	w.Bytes("init", 0o755, init)
+	w.Bytes("bin/busybox", 0o755, bb)
+	for _, a := range []string{"sh", "cat", "echo", "tty", "stty", "sleep", "true", "kill", "head"} {
+		w.Symlink("bin/"+a, "busybox")
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "agent.cpio")
+	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestAgentInGuest boots the default kernel with the agent as its init
+// and drives it through capsule's vsock device: the vsock listener, the
+// init's own mounts (ptys before any sandbox) and the power-off, which
+// nothing on this host can run.
+func TestAgentInGuest(t *testing.T) {
+	kvmtest.OpenHardware(t)
+	capsule := kvmtest.File(t, "../bin/capsule", "bin/capsule")
+	agentBin := kvmtest.File(t, "../bin/capsule-agent", "bin/capsule-agent")
+	kernel := kvmtest.File(t, "../testdata/images/default.bzImage", "default-images")
+	initrd := agentInitramfs(t, agentBin)
+	dir, err := os.MkdirTemp("", "agent") // short: Unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "v.sock")
+	cid := strconv.Itoa(1000 + os.Getpid()) // CIDs are locked host-wide
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, capsule, "run", "--kernel", kernel, "--initrd", initrd,
+		"--cmdline", "console=ttyS0 quiet reboot=k panic=-1", "--vsock", cid+","+sock)
+	var console, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &console, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("capsule stderr %q\nconsole:\n%s", stderr.String(), console.String())
+		}
+	}()
+
+	start := time.Now()
+	c, err := agent.Dial(ctx, agent.HybridDialer(sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t.Logf("%s answered %.1fs after capsule started", c.Agent, time.Since(start).Seconds())
+	env := []string{"PATH=/bin"}
+
+	st, out, errout := run(t, c, ctx, agent.ProcessSpec{ID: "hello", Args: []string{"sh", "-c", "echo hello; echo oops >&2; exit 7"}, Env: env}, nil)
+	if st.Code != 7 || out != "hello\n" || errout != "oops\n" {
+		t.Errorf("hello: %v, stdout %q, stderr %q", st, out, errout)
+	}
+	st, out, _ = run(t, c, ctx, agent.ProcessSpec{ID: "tty", Args: []string{"sh", "-c", "tty; stty size"}, Env: env,
+		Terminal: true, Rows: 30, Cols: 100}, nil)
+	if lines := strings.Split(out, "\r\n"); st.Code != 0 || len(lines) < 2 || !strings.HasPrefix(lines[0], "/dev/pts/") || lines[1] != "30 100" {
+		t.Errorf("tty: %v, output %q", st, out)
+	}
+
+	// A signal to the program's handler, once it is ready.
+	w := newWatched()
+	p, err := c.Start(ctx, agent.ProcessSpec{ID: "trap", Env: env,
+		Args: []string{"sh", "-c", `trap 'echo got TERM; kill -KILL $!; exit 3' TERM; echo ready; while :; do sleep 100 & wait $!; done`}},
+		agent.Stdio{Stdout: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(t, ctx, "ready\n")
+	if err := p.Signal(ctx, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(ctx); err != nil || st.Code != 3 || w.String() != "ready\ngot TERM\n" {
+		t.Errorf("trap: %v, %v, output %q", st, err, w.String())
+	}
+
+	// 4 MiB through stdin and stdout.
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	h := sha256.New()
+	p, err = c.Start(ctx, agent.ProcessSpec{ID: "cat", Args: []string{"cat"}, Env: env}, agent.Stdio{Stdin: bytes.NewReader(data), Stdout: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = p.Wait(ctx)
+	want := sha256.Sum256(data)
+	if err != nil || st.Code != 0 || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Errorf("cat of 4 MiB: %v, %v, sha256 %x want %x", st, err, h.Sum(nil), want)
+	}
+
+	// The main process: once it has exited and the host let go, the
+	// guest powers off and capsule exits 0.
+	st, out, _ = run(t, c, ctx, agent.ProcessSpec{ID: "main", Args: []string{"echo", "bye"}, Env: env, ShutdownOnExit: true}, nil)
+	if st.Code != 0 || out != "bye\n" {
+		t.Errorf("main: %v, %q", st, out)
+	}
+	c.Close()
+	select {
+	case err := <-exited:
+		exited <- err // for the deferred wait
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Errorf("capsule: %v after the power-off, want exit status 0", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the guest did not power off")
+	}
+}
