@@ -336,3 +336,38 @@ func TestOpenErrors(t *testing.T) {
 	}
 	d.Close()
 }
+
+// Data the host writes just before it closes reaches the guest before
+// the SHUTDOWN.
+func TestHostWritesThenCloses(t *testing.T) {
+	g := newGuest(t)
+	s, err := net.Dial("unix", g.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Write([]byte("CONNECT 6000\n"))
+	h, _ := g.recv(t)
+	g.send(t, vsock.Header{SrcPort: 6000, DstPort: h.SrcPort, Op: vsock.OpResponse}, "")
+	r := bufio.NewReader(s)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("host got %q, %v", line, err)
+	}
+	s.Write([]byte("abc\n"))
+	s.Close()
+	var got string
+	for {
+		h2, data := g.recv(t)
+		if h2.Op == vsock.OpRW {
+			got += data
+			continue
+		}
+		if h2.Op != vsock.OpShutdown {
+			t.Fatalf("guest got op %d after %q", h2.Op, got)
+		}
+		break
+	}
+	if got != "abc\n" {
+		t.Fatalf("guest got %q before the SHUTDOWN, want %q", got, "abc\n")
+	}
+}
