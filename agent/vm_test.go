@@ -235,6 +235,13 @@ ls /dev/null /dev/pts/ptmx /dev/shm >/dev/null && echo dev; ls /init 2>/dev/null
 	if st.Code != 0 || out != want {
 		t.Errorf("sandbox: %v, stdout %q, stderr %q; want %q", st, out, errout, want)
 	}
+	// A user and resource limits (through the shim, the agent's binary run
+	// again from /proc/self/exe in the new root).
+	st, out, errout = run(t, c, ctx, agent.ProcessSpec{ID: "u", Args: []string{"sh", "-c", "id -u; id -G; ulimit -n"}, Env: env,
+		UID: 1000, GID: 1000, Groups: []uint32{5}, Rlimits: []agent.Rlimit{{Resource: "RLIMIT_NOFILE", Soft: 77, Hard: 77}}}, nil)
+	if st.Code != 0 || out != "1000\n1000 5\n77\n" {
+		t.Errorf("user and limits: %v, stdout %q, stderr %q", st, out, errout)
+	}
 	st, out, _ = run(t, c, ctx, agent.ProcessSpec{ID: "tty", Args: []string{"tty"}, Env: env, Terminal: true, Rows: 24, Cols: 80}, nil)
 	if st.Code != 0 || !strings.HasPrefix(out, "/dev/pts/") {
 		t.Errorf("tty in the sandbox: %v, %q", st, out)
