@@ -314,8 +314,12 @@ func (o *outStream) copy(w io.Writer) {
 
 // copyStdin copies r to the stdin stream, then closes it: the process
 // reads end of file.
+//
+// The copy reads and writes, nothing else: io.Copy's fast paths
+// (splice, sendfile) are system calls a VMM confined by seccomp may not
+// make, and their failure would end the program's stdin early.
 func (p *Process) copyStdin(r io.Reader) {
-	io.Copy(p.stdin, r)
+	io.CopyBuffer(struct{ io.Writer }{p.stdin}, struct{ io.Reader }{r}, make([]byte, 32<<10))
 	p.CloseStdin()
 }
 

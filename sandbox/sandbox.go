@@ -287,18 +287,17 @@ func (v *VM) Result() (vmm.Result, error) { return v.res, v.runErr }
 // Ended says, once Done is closed, how the VM ended, in words.
 func (v *VM) Ended() string { return v.describeEnd() }
 
-// Stop ends the VM: the agent is asked to power the guest off, and after
-// grace (or at once when the agent is gone) the VM is stopped. It returns
-// when every vCPU has stopped.
+// Stop ends the VM. Once the main program (ShutdownOnExit) has exited
+// and no host connection is left (capsule exec ones included), the agent
+// syncs and powers the guest off; Stop closes this connection and gives
+// that grace, then stops the VM. It returns when every vCPU has stopped.
 func (v *VM) Stop(grace time.Duration) {
 	v.once.Do(func() {
 		if v.cancel == nil { // never started
 			return
 		}
 		if v.client != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), grace)
-			v.client.Shutdown(ctx)
-			cancel()
+			v.client.Close()
 			t := time.NewTimer(grace)
 			select {
 			case <-v.done:
