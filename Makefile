@@ -231,6 +231,7 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=^FuzzRequest$$ -fuzztime=15000x ./virtio/blk
 	$(GO) test -run=NONE -fuzz=^FuzzPacket$$ -fuzztime=200000x ./virtio/vsock
 	$(GO) test -run=NONE -fuzz=^FuzzRequest$$ -fuzztime=60000x ./virtio/p9
+	$(GO) test -run=NONE -fuzz=^FuzzReadStreamHeader$$ -fuzztime=100000x ./agent
 	$(GO) test -run=NONE -fuzz=^FuzzDHCP$$ -fuzztime=300000x ./virtio/net/usernet
 	$(GO) test -run=NONE -fuzz=^FuzzGuestFrame$$ -fuzztime=100000x ./virtio/net/usernet
 
@@ -240,7 +241,7 @@ fuzz:
 FUZZ_LONG_X ?= 20000000
 FUZZ_TARGETS = ./bootloader:FuzzParseELF ./bootloader:FuzzParseBzImage ./bootloader:FuzzFindPVHEntry \
 	./bootloader:FuzzParseMultiboot ./bootloader:FuzzLoadImage ./virtio:FuzzPop ./virtio/blk:FuzzRequest \
-	./virtio/p9:FuzzRequest ./virtio/vsock:FuzzPacket ./virtio/net/usernet:FuzzDHCP ./virtio/net/usernet:FuzzGuestFrame
+	./virtio/p9:FuzzRequest ./agent:FuzzReadStreamHeader ./virtio/vsock:FuzzPacket ./virtio/net/usernet:FuzzDHCP ./virtio/net/usernet:FuzzGuestFrame
 fuzz-long:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; f=$${t##*:}; echo "fuzz-long: $$f in $$pkg, $(FUZZ_LONG_X) inputs"; \
