@@ -16,14 +16,15 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/capsule-vm/capsule/agent"
+	"github.com/capsule-vm/capsule/internal/ofdlock"
 	"github.com/capsule-vm/capsule/vmm"
 )
 
@@ -101,47 +102,108 @@ func CheckName(name string) error {
 	return nil
 }
 
+// DialTimeout bounds Dial.
+const DialTimeout = 10 * time.Second
+
+// Dial connects to the agent of the running VM called name (see
+// Config.Name), within DialTimeout.
+func Dial(ctx context.Context, name string) (*agent.Client, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	lock, err := os.Open(filepath.Join(RuntimeDir(), name+".lock"))
+	if err == nil {
+		err = ofdlock.Lock(lock, false)
+		lock.Close()
+	}
+	if !errors.Is(err, ofdlock.ErrBusy) { // nothing holds it: no VM
+		return nil, fmt.Errorf("no VM named %s is running", name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
+	defer cancel()
+	c, err := agent.Dial(ctx, agent.HybridDialer(AgentSocket(name)))
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: %w", name, err)
+	}
+	return c, nil
+}
+
 // AgentSocket is the socket through which the agent of the VM called
 // name is reached (see Dial).
 func AgentSocket(name string) string { return filepath.Join(RuntimeDir(), name, "vsock") }
 
 // privateDir makes the VM's directory: a fresh temporary one, or
 // RuntimeDir()/name, replacing one a VM of that name left behind when it
-// was killed (its socket no longer answers).
-func privateDir(name string) (string, error) {
+// was killed. A named VM holds an exclusive lock on RuntimeDir()/name.lock
+// while it lives (lock, which the caller closes last): a directory whose
+// lock can be taken is stale.
+func privateDir(name string) (dir string, lock *os.File, err error) {
 	if name == "" {
-		return os.MkdirTemp("", "capsule-")
+		dir, err = os.MkdirTemp("", "capsule-")
+		return dir, nil, err
 	}
 	if err := CheckName(name); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	parent := RuntimeDir()
-	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", err
+	if err := ownDir(parent); err != nil {
+		return "", nil, err
 	}
-	dir := filepath.Join(parent, name)
-	err := os.Mkdir(dir, 0o700)
-	if errors.Is(err, fs.ErrExist) {
-		c, derr := net.Dial("unix", filepath.Join(dir, "vsock"))
-		if derr == nil {
-			c.Close()
-			return "", fmt.Errorf("a VM named %s is running (its directory is %s)", name, dir)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			return "", err
-		}
-		err = os.Mkdir(dir, 0o700)
+	lock, err = os.OpenFile(filepath.Join(parent, name+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return "", nil, err
 	}
-	return dir, err
+	if err := ofdlock.Lock(lock, true); err != nil {
+		lock.Close()
+		if errors.Is(err, ofdlock.ErrBusy) {
+			return "", nil, fmt.Errorf("a VM named %s is running (its directory is %s)", name, filepath.Join(parent, name))
+		}
+		return "", nil, err
+	}
+	dir = filepath.Join(parent, name)
+	if err := os.RemoveAll(dir); err != nil { // a killed VM's
+		lock.Close()
+		return "", nil, err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		lock.Close()
+		return "", nil, err
+	}
+	return dir, lock, nil
+}
+
+// ownDir makes dir if it is missing, and checks that it is a directory
+// (not a link) owned by this user and closed to everyone else: another
+// user's directory, or a symbolic link planted in a shared /tmp, would let
+// that user steer what capsule removes and which socket exec talks to.
+func ownDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(dir, &st); err != nil {
+		return err
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
+		return fmt.Errorf("%s: not a directory of this user's closed to others (mode %o, owner %d): refusing to use it", dir, st.Mode, st.Uid)
+	}
+	return nil
 }
 
 // VM is a sandbox micro-VM.
 type VM struct {
-	cfg    Config
-	vm     *vmm.VM
-	devs   []vmm.Device
-	dir    string
-	client *agent.Client
+	cfg  Config
+	vm   *vmm.VM
+	devs []vmm.Device
+	dir  string
+	lock *os.File // a named VM's lock, held until Close
+
+	mu     sync.Mutex
+	client *agent.Client // once Start has it
+	ended  bool          // Run has returned
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run has returned
@@ -174,9 +236,15 @@ func New(cfg Config) (*VM, error) {
 			return nil, fmt.Errorf("volume %s:%s: the guest path must be absolute and not /", v.HostDir, v.Path)
 		}
 	}
-	dir, err := privateDir(cfg.Name)
+	dir, lock, err := privateDir(cfg.Name)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	fail := func() {
+		os.RemoveAll(dir)
+		if lock != nil {
+			lock.Close()
+		}
 	}
 	devs := []vmm.Device{
 		vmm.Share{HostDir: cfg.Root, Tag: RootTag, ReadOnly: cfg.RootReadOnly},
@@ -201,10 +269,10 @@ func New(cfg Config) (*VM, error) {
 		Console: console, Log: cfg.Log, Devices: devs,
 	})
 	if err != nil {
-		os.RemoveAll(dir)
+		fail()
 		return nil, err
 	}
-	return &VM{cfg: cfg, vm: vm, devs: devs, dir: dir, done: make(chan struct{})}, nil
+	return &VM{cfg: cfg, vm: vm, devs: devs, dir: dir, lock: lock, done: make(chan struct{})}, nil
 }
 
 // VMM is the underlying VM (for its phases and statistics).
@@ -223,6 +291,15 @@ func (v *VM) Start(ctx context.Context) error {
 	go func() {
 		defer close(v.done)
 		v.res, v.runErr = v.vm.Run(runCtx)
+		// The agent's connection ends with the guest, so that a caller
+		// waiting on it hears of a crash at once (ErrAgentLost).
+		v.mu.Lock()
+		v.ended = true
+		c := v.client
+		v.mu.Unlock()
+		if c != nil {
+			c.Close()
+		}
 	}()
 	// The dial gives up when the VM stops before its agent answers.
 	dialCtx, stop := context.WithCancel(ctx)
@@ -238,7 +315,14 @@ func (v *VM) Start(ctx context.Context) error {
 	if err != nil {
 		return v.bootErr(ctx, err)
 	}
+	v.mu.Lock()
+	ended := v.ended
 	v.client = c
+	v.mu.Unlock()
+	if ended {
+		c.Close()
+		return v.bootErr(ctx, agent.ErrAgentLost)
+	}
 	sb := agent.Sandbox{Hostname: v.cfg.Hostname, RootTag: RootTag, RootReadOnly: v.cfg.RootReadOnly}
 	for i, vol := range v.cfg.Volumes {
 		sb.Mounts = append(sb.Mounts, agent.Mount{Tag: fmt.Sprintf("%s%d", volumePrefix, i), Path: vol.Path, ReadOnly: vol.ReadOnly})
@@ -276,7 +360,11 @@ func (v *VM) describeEnd() string {
 }
 
 // Agent is the connection to the guest agent, once Start has succeeded.
-func (v *VM) Agent() *agent.Client { return v.client }
+func (v *VM) Agent() *agent.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.client
+}
 
 // Done is closed when the VM has stopped.
 func (v *VM) Done() <-chan struct{} { return v.done }
@@ -296,8 +384,8 @@ func (v *VM) Stop(grace time.Duration) {
 		if v.cancel == nil { // never started
 			return
 		}
-		if v.client != nil {
-			v.client.Close()
+		if c := v.Agent(); c != nil {
+			c.Close()
 			t := time.NewTimer(grace)
 			select {
 			case <-v.done:
@@ -316,6 +404,9 @@ func (v *VM) Close() error {
 	err := v.vm.Close()
 	if rerr := os.RemoveAll(v.dir); err == nil {
 		err = rerr
+	}
+	if v.lock != nil {
+		v.lock.Close() // last: the name is free once the directory is gone
 	}
 	return err
 }

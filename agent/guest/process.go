@@ -314,6 +314,10 @@ func (s *Server) await(p *process, exitc <-chan unix.WaitStatus) {
 		p.stdinW.Close()
 	}
 	if p.main {
+		// As when a container's init exits: what the program left
+		// running in its session goes too, so that no background child
+		// holds its output open and keeps the host waiting.
+		unix.Kill(-p.pid, syscall.SIGKILL)
 		s.mainExit()
 	}
 	for _, o := range p.outs {

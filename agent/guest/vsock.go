@@ -52,6 +52,22 @@ func listenVsock(port uint32) (net.Listener, error) {
 }
 
 func (l *vsockListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.accept()
+		if err != nil {
+			return nil, err
+		}
+		if c.remote.cid == unix.VMADDR_CID_HOST {
+			return c, nil
+		}
+		// Only the host speaks to the agent: a peer inside the guest
+		// (a kernel with vsock loopback) would otherwise run processes
+		// as any user.
+		c.Close()
+	}
+}
+
+func (l *vsockListener) accept() (*vsockConn, error) {
 	var (
 		nfd  int
 		sa   unix.Sockaddr

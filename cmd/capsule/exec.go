@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"github.com/capsule-vm/capsule/agent"
@@ -72,14 +72,16 @@ ends.
 		return err
 	}
 	socket := sandbox.AgentSocket(name)
-	if _, err := os.Stat(socket); errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no VM named %s is running (no %s)", name, socket)
-	}
 	d, err := readExecDefaults(socket)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no VM named %s is running", name)
+	}
 	if err != nil {
 		return fmt.Errorf("VM %s: %w", name, err)
 	}
-	spec := agent.ProcessSpec{ID: "exec-" + strconv.Itoa(os.Getpid()), Args: cmd, Cwd: d.Cwd}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	spec := agent.ProcessSpec{ID: fmt.Sprintf("exec-%d-%x", os.Getpid(), rnd), Args: cmd, Cwd: d.Cwd}
 	if sf.workdir != "" {
 		spec.Cwd = sf.workdir
 	}
@@ -97,10 +99,11 @@ ends.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
-	ctx := context.Background()
-	c, err := agent.Dial(ctx, agent.HybridDialer(socket))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := dialUntilSignal(ctx, cancel, sigs, stderr, func(ctx context.Context) (*agent.Client, error) { return sandbox.Dial(ctx, name) })
 	if err != nil {
-		return fmt.Errorf("VM %s: %w", name, err)
+		return err
 	}
 	defer c.Close()
 	st, err := runProcess(ctx, c, spec, &sf, sigs, stdout, stderr)
@@ -119,4 +122,40 @@ ends.
 		return exitError{code}
 	}
 	return nil
+}
+
+// dialUntilSignal runs dial, which a SIGINT, SIGTERM or SIGHUP arriving on
+// sigs meanwhile cancels (through cancel, which ends ctx): before the
+// program runs, a signal stops capsule (128+N, said on stderr) instead of
+// waiting for it.
+func dialUntilSignal(ctx context.Context, cancel context.CancelFunc, sigs <-chan os.Signal, stderr io.Writer,
+	dial func(context.Context) (*agent.Client, error)) (*agent.Client, error) {
+	done := make(chan struct{})
+	got := make(chan syscall.Signal, 1)
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGWINCH {
+					continue
+				}
+				got <- s.(syscall.Signal)
+				cancel()
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	c, err := dial(ctx)
+	close(done)
+	if err != nil {
+		select {
+		case s := <-got:
+			fmt.Fprintf(stderr, "capsule: %v\n", signalError{s})
+			return nil, exitError{128 + int(s)}
+		default:
+		}
+	}
+	return c, err
 }

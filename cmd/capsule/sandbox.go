@@ -142,6 +142,10 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
+	// Until the program runs, a signal stops capsule (the unpacking, the
+	// boot); then it goes to the program.
+	stopWatching := watchSignals(sigs, cancel)
+	defer stopWatching()
 
 	// The root and the process's settings.
 	root, ro := sf.rootfs, sf.readOnly
@@ -151,7 +155,7 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	if sf.image != "" {
 		img, err := ociimage.Unpack(ctx, sf.image, ociimage.Options{})
 		if err != nil {
-			return err
+			return causeOr(ctx, err, stderr)
 		}
 		if verbose {
 			fmt.Fprintf(stderr, "capsule: image %s: root %s (cached: %v)\n", img.Digest, img.RootFS, img.Cached)
@@ -224,8 +228,8 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	err = sb.Start(bootCtx)
 	bootCancel()
 	if err != nil {
-		if context.Cause(ctx) == errTimeout {
-			return exitError{statusTimeout}
+		if ctx.Err() != nil {
+			return causeOr(ctx, err, stderr)
 		}
 		showTail(stderr, tail, verbose)
 		return err
@@ -238,6 +242,9 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		if err := writeExecDefaults(sandbox.AgentSocket(sf.name), execDefaults{Root: root, Env: env, Cwd: spec.Cwd, User: userSpec}); err != nil {
 			return err
 		}
+	}
+	if !stopWatching() {
+		return causeOr(ctx, context.Canceled, stderr)
 	}
 	st, err := runProcess(ctx, sb.Agent(), spec, sf, sigs, stdout, stderr)
 	var notRun notRunError
@@ -259,6 +266,54 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		return exitError{code}
 	}
 	return nil
+}
+
+// watchSignals cancels ctx (through cancel) with a signalError when
+// SIGINT, SIGTERM or SIGHUP arrives on sigs, until stop is called. stop
+// reports whether no signal came: from then on sigs is the caller's.
+func watchSignals(sigs <-chan os.Signal, cancel context.CancelCauseFunc) (stop func() bool) {
+	done := make(chan struct{})
+	fired := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGWINCH {
+					continue
+				}
+				cancel(signalError{s.(syscall.Signal)})
+				close(fired)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() bool {
+		once.Do(func() { close(done) })
+		select {
+		case <-fired:
+			return false
+		default:
+			return true
+		}
+	}
+}
+
+// causeOr is the error to return when ctx may have ended: --timeout's
+// status, or a signal's (128+N), said on stderr; else err.
+func causeOr(ctx context.Context, err error, stderr io.Writer) error {
+	var sig signalError
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errTimeout):
+		fmt.Fprintf(stderr, "capsule: %v\n", cause)
+		return exitError{statusTimeout}
+	case errors.As(cause, &sig):
+		fmt.Fprintf(stderr, "capsule: %v\n", sig)
+		return exitError{128 + int(sig.sig)}
+	}
+	return err
 }
 
 // notRunError: the program could not be started, with the status to
