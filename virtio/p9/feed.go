@@ -100,17 +100,6 @@ func (d *Device) take(mem *machine.GuestMemory, c *virtio.Chain, chainErr error,
 		return nil, nil
 	case msgTversion:
 		msg = tversion(tag, body, MaxMessageSize)
-	case msgTread, msgTreaddir:
-		// fid[4] offset[8] count[4]: the answer must fit the chain and
-		// the msize.
-		room := min(virtio.Len(c.Writable), uint64(msize))
-		limit := uint32(0)
-		if room > ioHeaderSize {
-			limit = uint32(room - ioHeaderSize)
-		}
-		if count := binary.LittleEndian.Uint32(body[12:]); count > limit {
-			binary.LittleEndian.PutUint32(body[12:], limit)
-		}
 	}
 
 	d.mu.Lock()
@@ -120,6 +109,37 @@ func (d *Device) take(mem *machine.GuestMemory, c *virtio.Chain, chainErr error,
 	}
 	if d.stopped || d.ended() {
 		return nil, nil
+	}
+	if typ == msgTunlinkat {
+		// fid[4] name[s] flags[4]: a name is one path component.
+		if n := binary.LittleEndian.Uint16(body[4:]); n > maxNameLen {
+			d.answer(c.Head, c.Writable, rlerror(tag, errENAMETOOLONG))
+			return nil, nil
+		}
+		if d.failedUnlinks >= failedUnlinkLimit {
+			d.report(fmt.Errorf("request %d: more than %d unlinks refused: refusing every unlink", c.Head, MaxFailedUnlinks))
+			d.answer(c.Head, c.Writable, rlerror(tag, errEPERM))
+			return nil, nil
+		}
+	}
+	// A Tversion answered while this one waited may have lowered the
+	// msize: the server ends a session on a message over it.
+	if size > d.msize {
+		d.report(fmt.Errorf("request %d (9P type %d, tag %d): %d bytes, more than the msize %d", c.Head, typ, tag, size, d.msize))
+		d.answer(c.Head, c.Writable, rlerror(tag, errEMSGSIZE))
+		return nil, nil
+	}
+	if typ == msgTread || typ == msgTreaddir {
+		// fid[4] offset[8] count[4]: the answer must fit the chain and
+		// the msize.
+		room := min(virtio.Len(c.Writable), uint64(d.msize))
+		limit := uint32(0)
+		if room > ioHeaderSize {
+			limit = uint32(room - ioHeaderSize)
+		}
+		if count := binary.LittleEndian.Uint32(body[12:]); count > limit {
+			binary.LittleEndian.PutUint32(body[12:], limit)
+		}
 	}
 	if _, busy := d.inflight[tag]; busy {
 		d.report(fmt.Errorf("request %d (9P type %d): tag %d is already in flight", c.Head, typ, tag))

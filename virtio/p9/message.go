@@ -44,13 +44,18 @@ const (
 	msgTremove     = 122
 )
 
+// maxNameLen is the longest file name (NAME_MAX).
+const maxNameLen = 255
+
 // Linux errno values the device answers with itself.
 const (
-	errEBUSY      = 16
-	errEINVAL     = 22
-	errEMSGSIZE   = 90
-	errEOPNOTSUPP = 95
-	errENOBUFS    = 105
+	errEPERM        = 1
+	errENAMETOOLONG = 36
+	errEBUSY        = 16
+	errEINVAL       = 22
+	errEMSGSIZE     = 90
+	errEOPNOTSUPP   = 95
+	errENOBUFS      = 105
 )
 
 const (

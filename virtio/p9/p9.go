@@ -92,6 +92,9 @@ const (
 	MaxMessageSize = 512 << 10
 	// MaxInFlight bounds the requests with the server at once.
 	MaxInFlight = 16
+	// MaxFailedUnlinks bounds the refused Tunlinkat the server sees (see
+	// Device.failedUnlinks): at most a few tens of MiB of its path tree.
+	MaxFailedUnlinks = 1 << 16
 	// FeatureMountTag is VIRTIO_9P_MOUNT_TAG: the configuration space
 	// holds the tag.
 	FeatureMountTag = 1 << 0
@@ -133,14 +136,23 @@ type Device struct {
 	// is, for user attachUID.
 	versionBusy bool
 	attachBusy  bool
-	attachUID   ninep.UID
-	reported    bool
+	// failedUnlinks counts the Tunlinkat the server refused: the p9
+	// library keeps a node of its path tree for each name, even when the
+	// unlink fails, for the device's life. Linux looks a name up before
+	// it unlinks it, so only a hostile driver makes many; past
+	// MaxFailedUnlinks the device refuses Tunlinkat itself (EPERM).
+	failedUnlinks int
+	attachUID     ninep.UID
+	reported      bool
 
 	// Of the session: the negotiated msize (MaxMessageSize until
 	// Tversion), and the fids the guest holds.
 	msize uint32
 	fids  map[uint32]struct{}
 }
+
+// failedUnlinkLimit is MaxFailedUnlinks; tests lower it.
+var failedUnlinkLimit = MaxFailedUnlinks
 
 // request is a chain the device owes the driver an answer on, or (when
 // internal) a message of the device's own, whose answer nobody reads.
@@ -390,6 +402,10 @@ func (d *Device) complete(r *request, rtyp uint8, n uint32) {
 		}
 	case msgTclunk, msgTremove:
 		delete(d.fids, r.fid) // ended even when the answer is an error
+	case msgTunlinkat:
+		if rtyp == msgRlerror {
+			d.failedUnlinks++
+		}
 	}
 	if !d.stopped && !r.internal {
 		d.push(r.head, n)

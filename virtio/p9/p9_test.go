@@ -246,3 +246,29 @@ func TestGetlockAnswersUnlocked(t *testing.T) {
 		t.Errorf("Rgetlock body % x, want % x", a.body, want)
 	}
 }
+
+// Refused unlinks are bounded: the p9 library keeps a path-tree node for
+// each name it was asked to unlink, even when the unlink fails, so a
+// driver that keeps asking for new names is cut off, and a name longer
+// than a file name may be is refused outright.
+func TestFailedUnlinksBounded(t *testing.T) {
+	const tUnlinkat = 76
+	const (
+		eperm        = 1
+		enoent       = 2
+		enametoolong = 36
+	)
+	t.Cleanup(p9.SetFailedUnlinkLimit(10))
+	r := newRig(t, false, nil)
+	r.attach()
+	unlink := func(name string) []byte {
+		return msg(tUnlinkat, 7, enc(nil).u32(1).str(name).u32(0))
+	}
+	expect(t, "long name", r.call(unlink(strings.Repeat("n", 256)), 64), rLerror, 7, enametoolong)
+	for i := range 10 {
+		expect(t, "missing name", r.call(unlink(fmt.Sprintf("missing-%d", i)), 64), rLerror, 7, enoent)
+	}
+	expect(t, "one unlink too many", r.call(unlink("missing-x"), 64), rLerror, 7, eperm)
+	// Everything else still works.
+	expect(t, "getattr", r.call(tgetattr(9, 1), 4096), rGetattr, 9, 0)
+}

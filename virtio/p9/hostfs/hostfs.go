@@ -122,14 +122,20 @@ func Open(dir string, readOnly bool) (*FS, error) {
 	}
 	fs := &FS{dir: dir, root: root, proc: proc, readOnly: readOnly, chown: os.Geteuid() == 0,
 		rootDev: st.Dev, devs: map[uint64]uint64{}}
-	limit := int64(MaxFDs)
+	fs.maxFDs.Store(MaxFDs)
 	var rl unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur/2 < uint64(limit) {
-		limit = int64(rl.Cur / 2) // leave capsule half of its descriptors
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		processMaxFDs.Store(int64(min(rl.Cur/2, 1<<30))) // leave capsule half of its descriptors
 	}
-	fs.maxFDs.Store(limit)
 	return fs, nil
 }
+
+// The descriptors every share of the process holds, and their bound (half
+// of RLIMIT_NOFILE when the last share was opened): a VM's shares
+// together leave capsule half of its descriptors.
+var processFDs, processMaxFDs atomic.Int64
+
+func init() { processMaxFDs.Store(MaxFDs) }
 
 // Close closes the directory; closing it again does nothing. The files
 // the guest holds must be closed (the device reset) first.
@@ -162,10 +168,18 @@ func (fs *FS) acquire(n int64) error {
 		fs.fds.Add(-n)
 		return unix.ENFILE
 	}
+	if processFDs.Add(n) > processMaxFDs.Load() {
+		processFDs.Add(-n)
+		fs.fds.Add(-n)
+		return unix.ENFILE
+	}
 	return nil
 }
 
-func (fs *FS) release(n int64) { fs.fds.Add(-n) }
+func (fs *FS) release(n int64) {
+	fs.fds.Add(-n)
+	processFDs.Add(-n)
+}
 
 // Attach implements p9.Backend: the root of the share, for user uid.
 func (fs *FS) Attach(uid ninep.UID) (_ ninep.File, err error) {
