@@ -37,6 +37,7 @@ type console struct {
 	exitCode int
 	setupErr string
 	tail     []string
+	results  *results // of go test's top-level tests, across attempts; nil: not kept
 }
 
 func newConsole(tag string, out io.Writer, verbose bool) *console {
@@ -81,6 +82,9 @@ func (c *console) event(msg string, now time.Time) {
 func (c *console) print(s string) {
 	if c.phase == phaseTest || c.verbose {
 		fmt.Fprintln(c.out, s)
+	}
+	if c.phase == phaseTest {
+		c.results.add(s)
 	}
 }
 

@@ -44,31 +44,56 @@ func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
 	if err != nil {
 		return 1, err
 	}
-	initrd := filepath.Join(tmp, "initrd")
-	if err := buildInitrd(initrd, img, cfg, tag); err != nil {
-		return 1, err
+	// Only go test's verbose output names the tests that ended.
+	var done *results
+	if isVerboseTest(cfg.Args) {
+		done = newResults()
 	}
 	for attempt := 1; ; attempt++ {
+		// Each attempt skips the tests an earlier one finished.
+		acfg := cfg
+		acfg.Args = done.skipArgs(cfg.Args)
+		initrd := filepath.Join(tmp, fmt.Sprintf("initrd-%d", attempt))
+		if err := buildInitrd(initrd, img, acfg, tag); err != nil {
+			return 1, err
+		}
 		t := timings{start: start, qemu: time.Now()}
 		con := newConsole(tag, cfg.Stdout, cfg.Verbose)
+		con.results = done
 		heartbeat := filepath.Join(tmp, fmt.Sprintf("heartbeat-%d", attempt))
 		wd := newWatchdog(heartbeat)
 		qerr := runQEMU(runCtx, qemu, qemuArgs(cfg, img.Kernel, initrd, heartbeat), con, cfg.Stderr, cfg.Verbose, wd)
 		t.end = time.Now()
+		os.Remove(initrd)
 		if con.exited() {
 			t.report(log, cfg, con, img)
+			if con.exitCode == 0 && attempt > 1 && len(done.failed) > 0 {
+				log.always("tests that failed before the guest froze: %s", strings.Join(done.failed, ", "))
+				return 1, nil
+			}
 			return con.exitCode, nil
 		}
 		var frozen *errFrozen
 		if errors.As(qerr, &frozen) && attempt < maxAttempts && runCtx.Err() == nil {
 			// The test's output so far has been passed on; say loudly
 			// that what follows is a second run of the same test.
-			log.always("%v; running %s again in a fresh guest (attempt %d of %d)",
-				frozen, filepath.Base(cfg.Binary), attempt+1, maxAttempts)
+			log.always("%v; running %s again in a fresh guest (attempt %d of %d)%s",
+				frozen, filepath.Base(cfg.Binary), attempt+1, maxAttempts, done.skipping())
 			continue
 		}
 		return 1, failure(ctx, runCtx, cfg, con, qerr)
 	}
+}
+
+// isVerboseTest reports whether args run a go test binary verbosely
+// (-test.v, as go test -v passes it).
+func isVerboseTest(args []string) bool {
+	for _, a := range args {
+		if a == "-test.v" || a == "-test.v=true" || a == "-test.v=test2json" {
+			return true
+		}
+	}
+	return false
 }
 
 // checkBinary checks that the test binary can run in the guest.
