@@ -13,6 +13,8 @@ SHELL := /bin/bash
 #   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
 #   make bench-console  quiet and verbose boots and the console's output rate
 #                   against QEMU, in the rig
+#   make bench-fs   shared-directory benchmark: capsule's virtio-9p against
+#                   QEMU's virtio-9p and virtiofsd, in the rig
 #   make soak       verbose boots of each kernel, SOAK_N times each, in the rig
 #                   (not in make test)
 #   make fuzz-long  every fuzz target for much longer (nightly; not in make test)
@@ -54,7 +56,7 @@ IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
 .PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
-	bench-console soak install uninstall default-images
+	bench-console bench-fs soak install uninstall default-images
 
 all: bin/capsule bin/kvmrig bin/capsule-agent $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -182,6 +184,24 @@ bench-console: deps all images
 		args="$(BENCH_CONSOLE_ARGS) $$kargs --verbose-boot" && $(BENCH_VMM) || exit 1; \
 	done
 	@args="$(BENCH_CONSOLE_ARGS) --kernel $(CURDIR)/$(IMG)/minimal.bzImage --workload console --lines $(BENCH_CONSOLE_LINES)"; $(BENCH_VMM)
+
+# bench-fs: a shared host directory (capsule-io fsbench: 256 MiB written
+# and read, 4 KiB random reads, 10,000 files created, stat'ed and
+# unlinked, tar x of a 3000-file tree) under capsule's virtio-9p, QEMU's
+# virtio-9p (-fsdev local) and QEMU's virtiofsd, on the default kernel
+# (which has 9p and virtio-fs), 512 MiB guests; once for each 9p cache
+# mode of BENCH_FS_CACHES (the same mount options for capsule and QEMU).
+# The rig gets 3 GiB: the shares live in its RAM.
+BENCH_FS_RUNS ?= 3
+BENCH_FS_CACHES ?= loose mmap
+BENCH_FS_MSIZE ?= 512000
+BENCH_FS_ARGS = bench --kernel $(CURDIR)/$(IMG)/default.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
+	--runs $(BENCH_FS_RUNS) --against qemu --timeout 300s --workload fs
+bench-fs: deps all images
+	@for cache in $(BENCH_FS_CACHES); do \
+		args="$(BENCH_FS_ARGS) --fs-options msize=$(BENCH_FS_MSIZE),cache=$$cache" && \
+		CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-40m} $(BENCH_VMM) || exit 1; \
+	done
 
 # soak: SOAK_N verbose boots (no quiet) of each kernel (minimal bzImage,
 # minimal PVH vmlinux, stock bzImage) under capsule, each required to reach

@@ -40,6 +40,11 @@ type benchConfig struct {
 	workload                                    string
 	verboseBoot                                 bool
 	lines                                       int
+	// The fs workload: 9p mount options, the file's size, the files of
+	// the metadata row, QEMU's virtiofsd.
+	fsOptions      string
+	fsMiB, fsFiles int
+	virtiofsd      string
 }
 
 func cmdBench(args []string, stdout, stderr io.Writer) error {
@@ -71,11 +76,20 @@ with capsule.exit=0 on its command line).
 throughput and IOPS of capsule-io blkbench in the guest, on a fresh 80 MiB raw
 image), "net" (TCP from the guest to the host over the user-mode network for
 5 s, capsule-io tcpsend) or "console" (the rate at which the guest writes
---lines lines of 80 characters to its serial console, capsule-io conspeed);
-disk, net and console need the test initramfs`)
+--lines lines of 80 characters to its serial console, capsule-io conspeed)
+or "fs" (a shared directory: sequential write and read of a --fs-mib file,
+4 KiB random reads, create+stat+unlink of --fs-files files and tar x of a
+3000-file tree, capsule-io fsbench; capsule's virtio-9p, and with --against
+qemu QEMU's virtio-9p and virtiofsd, on a kernel with 9p and virtio-fs);
+disk, net, console and fs need the test initramfs`)
 	fs.BoolVar(&c.verboseBoot, "verbose-boot", false, `drop "quiet" from --cmdline, so that the kernel prints its whole
 boot log on the serial console`)
 	fs.IntVar(&c.lines, "lines", 1000, "lines the guest writes in the console workload")
+	fs.StringVar(&c.fsOptions, "fs-options", "msize=512000,cache=loose", `9p mount options of the fs workload, capsule's and QEMU's alike
+(after trans=virtio,version=9p2000.L; empty: the kernel's defaults)`)
+	fs.IntVar(&c.fsMiB, "fs-mib", 256, "size of the fs workload's file, MiB")
+	fs.IntVar(&c.fsFiles, "fs-files", 10000, "files the fs workload creates, stats and unlinks")
+	fs.StringVar(&c.virtiofsd, "virtiofsd", "/usr/lib/qemu/virtiofsd", "QEMU's virtiofsd, for the fs workload with --against qemu")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -86,10 +100,16 @@ boot log on the serial console`)
 		return usageErrorf("--runs %d: must be at least 1", c.runs)
 	case c.against != "" && c.against != "qemu":
 		return usageErrorf("--against %q: only qemu is supported", c.against)
-	case c.workload != "boot" && c.workload != "disk" && c.workload != "net" && c.workload != "console":
-		return usageErrorf("--workload %q: want boot, disk, net or console", c.workload)
+	case !slices.Contains([]string{"boot", "disk", "net", "console", "fs"}, c.workload):
+		return usageErrorf("--workload %q: want boot, disk, net, console or fs", c.workload)
 	case c.lines < 1 || c.lines > 1000000:
 		return usageErrorf("--lines %d: want 1 to 1000000", c.lines)
+	case c.fsMiB < 1 || c.fsMiB > 65536:
+		return usageErrorf("--fs-mib %d: want 1 to 65536", c.fsMiB)
+	case c.fsFiles < 1 || c.fsFiles > 1000000:
+		return usageErrorf("--fs-files %d: want 1 to 1000000", c.fsFiles)
+	case strings.ContainsAny(c.fsOptions, " \t\n"):
+		return usageErrorf("--fs-options %q: no white space (it goes on the kernel command line)", c.fsOptions)
 	}
 	if c.verboseBoot {
 		c.cmdline = withoutWord(c.cmdline, "quiet")
@@ -113,6 +133,11 @@ boot log on the serial console`)
 		if c.qemu, err = exec.LookPath(c.qemu); err != nil {
 			return fmt.Errorf("--against qemu: %w (apt-get install qemu-system-x86)", err)
 		}
+		if c.workload == "fs" {
+			if c.virtiofsd, err = exec.LookPath(c.virtiofsd); err != nil {
+				return fmt.Errorf("--virtiofsd: %w (apt-get install qemu-system-common)", err)
+			}
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -123,6 +148,12 @@ boot log on the serial console`)
 			// kernel command line, as capsule does; their interrupts need
 			// the PIC and I/O APIC it would otherwise leave out.
 			c.qemuMachine = qemuIOMachine
+		}
+		if c.workload == "fs" {
+			if !fs.Changed("memory") {
+				c.memory = 512 // the guest's page cache holds the whole file
+			}
+			return benchFS(ctx, self, c, stdout, stderr)
 		}
 		return benchIO(ctx, self, c, c.workload, stdout, stderr)
 	}

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -112,7 +115,9 @@ func TestBenchIOReportLeavesOutPeersThatDidNotRun(t *testing.T) {
 
 func TestBenchRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"bench"}, {"bench", "--kernel", "x", "--runs", "0"}, {"bench", "--kernel", "x", "--against", "firecracker"},
-		{"bench", "--kernel", "x", "--workload", "tty"}, {"bench", "--kernel", "x", "--workload", "console", "--lines", "0"}} {
+		{"bench", "--kernel", "x", "--workload", "tty"}, {"bench", "--kernel", "x", "--workload", "console", "--lines", "0"},
+		{"bench", "--kernel", "x", "--workload", "fs", "--fs-mib", "0"}, {"bench", "--kernel", "x", "--workload", "fs", "--fs-files", "0"},
+		{"bench", "--kernel", "x", "--workload", "fs", "--fs-options", "cache=loose msize=1"}} {
 		if status, _, stderr := runMain(args...); status == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 			t.Errorf("%v: status %d stderr %q", args, status, stderr)
 		}
@@ -163,5 +168,80 @@ func TestBenchIOReportShowsTheConsoleRate(t *testing.T) {
 	}
 	if !strings.Contains(j.String(), `"console_chars_per_s": 30000`) || !strings.Contains(j.String(), `"lines": 1000`) {
 		t.Errorf("JSON:\n%s", j.String())
+	}
+}
+
+func TestFsbenchResultLines(t *testing.T) {
+	console := "capsule-init: up\r\nfsbench: meta create=1.500 s stat=0.250 s unlink=0.750 s\r\n" +
+		"fsbench: seqwrite=40.5 MB/s seqread=120.0 MB/s randread=900 IOPS meta=4000 files/s tar=1.500 s\r\n"
+	s, ok := parseFsbench(console)
+	if !ok {
+		t.Fatal("no result parsed")
+	}
+	want := fsSample{SeqWriteMBps: 40.5, SeqReadMBps: 120, RandReadIOPS: 900, MetaFilesPerS: 4000, TarS: 1.5,
+		TarFilesPerS: treeFiles / 1.5, CreateS: 1.5, StatS: 0.25, UnlinkS: 0.75}
+	if s != want {
+		t.Fatalf("parsed %+v, want %+v", s, want)
+	}
+	if _, ok := parseFsbench("fsbench: seqwrite=40.5 MB/s seqread=120.0 MB/s randread=900 IOPS meta=4000 files/s tar=1.500 s\n"); ok {
+		t.Fatal("parsed a result without the meta line")
+	}
+}
+
+func TestFsbenchTreeIsTheSameEveryTime(t *testing.T) {
+	var a, b bytes.Buffer
+	na, err := writeTree(&a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, _ := writeTree(&b)
+	if na != nb || !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("two trees differ")
+	}
+	tr := tar.NewReader(&a)
+	files, dirs := 0, 0
+	var size int64
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			dirs++
+		case tar.TypeReg:
+			files++
+			size += h.Size
+		}
+	}
+	if files != treeFiles || dirs != treeDirs || size != na {
+		t.Fatalf("%d files in %d directories, %d bytes (reported %d); want %d in %d", files, dirs, size, na, treeFiles, treeDirs)
+	}
+}
+
+func TestBenchFSReportRatios(t *testing.T) {
+	c := fsSample{SeqWriteMBps: 100, SeqReadMBps: 200, RandReadIOPS: 1000, MetaFilesPerS: 500, TarFilesPerS: 300}
+	q := fsSample{SeqWriteMBps: 50, SeqReadMBps: 200, RandReadIOPS: 2000, MetaFilesPerS: 250, TarFilesPerS: 300}
+	v := fsSample{SeqWriteMBps: 125, SeqReadMBps: 400, RandReadIOPS: 1000, MetaFilesPerS: 1000, TarFilesPerS: 600}
+	r := fsReport{Workload: "fs", Kernel: "k", P9Options: "msize=512000,cache=loose", MiB: 256, Files: 10000, TreeFiles: 3000,
+		TreeBytes: 12e6, Runs: 1, Machine: "microvm", Capsule: []fsSample{c}, QEMU9p: []fsSample{q}, Virtiofs: []fsSample{v},
+		Repeated: map[string]int{peerVirtiofs: 2}}
+	var b strings.Builder
+	r.print(&b)
+	out := b.String()
+	for _, want := range []string{"trans=virtio,version=9p2000.L,msize=512000,cache=loose", "2.00×", "0.50×", "0.80×",
+		"tar x, files/s (3000 files, 12.0 MB", "qemu virtiofs", "runs repeated after a failure: qemu-virtiofs 2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	r.QEMU9p, r.Virtiofs, r.Repeated = nil, nil, nil
+	b.Reset()
+	r.print(&b)
+	if out := b.String(); strings.Contains(out, "qemu") || strings.Contains(out, "ratio") || strings.Contains(out, "virtiofs") {
+		t.Errorf("report without QEMU:\n%s", out)
 	}
 }

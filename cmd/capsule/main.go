@@ -82,7 +82,10 @@ func usage(w io.Writer) {
 func main() {
 	// capsule's own messages never hold up its exit: a stderr nobody
 	// reads (a full pipe) gets a second, then loses what follows.
-	os.Exit(mainStatus(os.Args[1:], os.Stdout, newTimedWriter(os.Stderr, time.Second)))
+	stopProfile := startProfile()
+	status := mainStatus(os.Args[1:], os.Stdout, newTimedWriter(os.Stderr, time.Second))
+	stopProfile()
+	os.Exit(status)
 }
 
 // timedWriter writes to w on a goroutine and waits at most limit for each

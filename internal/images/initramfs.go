@@ -33,7 +33,7 @@ var initramfsPackages = []string{"gcc", "libc6-dev", "busybox-static"}
 // Applets are the busybox applets linked in /bin: those /init uses, and a
 // few for looking around by hand.
 var Applets = []string{"cat", "chmod", "dd", "dmesg", "grep", "ip", "ls", "mkdir", "mount", "nc", "ping", "poweroff",
-	"reboot", "sh", "sleep", "udhcpc", "umount", "uname", "wc", "wget"}
+	"reboot", "sh", "sleep", "tar", "udhcpc", "umount", "uname", "wc", "wget"}
 
 func (b *builder) initramfs(ctx context.Context) (map[string]string, string, error) {
 	if err := b.ensurePackages(ctx, Initramfs, initramfsPackages); err != nil {

@@ -51,7 +51,8 @@
 // and the firmware of -M microvm and -M pc:
 // /usr/share/qemu/{bios-microvm.bin,qboot.rom,linuxboot_dma.bin,
 // linuxboot.bin,pvh.bin,kvmvapic.bin} and /usr/share/seabios/bios-256k.bin
-// (copied through symlinks). QEMU's loadable modules are left out: TCG
+// (copied through symlinks), and QEMU's virtiofsd at /usr/lib/qemu/virtiofsd
+// with its libraries when the host has it. QEMU's loadable modules are left out: TCG
 // (accel-tcg) and the display, audio and block modules are unavailable, and
 // -nodefaults avoids option ROMs (VGA, NIC) that are not there. The archive
 // is cached as <cache>/qemu-<hash>.cpio.gz, keyed by the qemu-system-x86

@@ -19,11 +19,16 @@ import (
 )
 
 // qemuFormat changes whenever the layout of the QEMU archive changes.
-const qemuFormat = "capsule-rig-qemu-1"
+const qemuFormat = "capsule-rig-qemu-2"
 
 // guestQEMU is where the QEMU archive puts qemu-system-x86_64: QEMU finds
 // its firmware relative to its binary (../share/qemu, ../share/seabios).
 const guestQEMU = "/usr/bin/qemu-system-x86_64"
+
+// virtiofsd is QEMU's vhost-user file-system daemon (Debian's
+// qemu-system-common), put at the same path in the guest when the host has
+// it, with its libraries.
+const virtiofsd = "/usr/lib/qemu/virtiofsd"
 
 // qemuPackage is the Debian package whose version keys the QEMU archive.
 const qemuPackage = "qemu-system-x86"
@@ -82,17 +87,28 @@ func prepareQEMU(ctx context.Context, cfg Config, log *logger) (string, error) {
 
 // qemuInputs lists the files of the QEMU archive.
 func qemuInputs(ctx context.Context, qemu string) ([]baseInput, error) {
-	out, err := runTool(ctx, "", "ldd", qemu)
-	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w\n%s", qemu, err, tail(out, 10))
-	}
-	libs, err := parseLdd(out)
-	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w", qemu, err)
-	}
 	in := []baseInput{{guest: guestQEMU, host: qemu, mode: 0o755}}
-	for _, l := range libs {
-		in = append(in, baseInput{guest: l, host: l, mode: 0o755})
+	bins := []string{qemu}
+	if exists(virtiofsd) {
+		in = append(in, baseInput{guest: virtiofsd, host: virtiofsd, mode: 0o755})
+		bins = append(bins, virtiofsd)
+	}
+	seen := map[string]bool{}
+	for _, bin := range bins {
+		out, err := runTool(ctx, "", "ldd", bin)
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w\n%s", bin, err, tail(out, 10))
+		}
+		libs, err := parseLdd(out)
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", bin, err)
+		}
+		for _, l := range libs {
+			if !seen[l] {
+				seen[l] = true
+				in = append(in, baseInput{guest: l, host: l, mode: 0o755})
+			}
+		}
 	}
 	for _, f := range qemuFirmware {
 		if !exists(f) {

@@ -111,12 +111,18 @@ func TestQEMUInputs(t *testing.T) {
 	}
 	guests := map[string]bool{}
 	for _, in := range inputs {
+		if guests[in.guest] {
+			t.Errorf("%s listed twice", in.guest)
+		}
 		guests[in.guest] = true
 	}
 	for _, want := range append([]string{guestQEMU, "/lib64/ld-linux-x86-64.so.2"}, qemuFirmware...) {
 		if !guests[want] {
 			t.Errorf("%s missing", want)
 		}
+	}
+	if _, err := os.Stat(virtiofsd); err == nil && !guests[virtiofsd] {
+		t.Errorf("%s missing", virtiofsd)
 	}
 	if len(inputs) < 10 {
 		t.Errorf("only %d files; ldd lists dozens of libraries", len(inputs))

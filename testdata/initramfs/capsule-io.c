@@ -8,6 +8,7 @@
  *     capsule-io blkbench DEVICE MIB
  *     capsule-io tcpsend IPV4ADDR PORT SECONDS
  *     capsule-io conspeed LINES
+ *     capsule-io fsbench DIR MIB FILES
  *
  * outb writes the byte VALUE to the I/O port PORT. Both are decimal, or hex
  * with a 0x prefix. The guest's /init uses it for the boot-time marker
@@ -39,6 +40,20 @@
  * "conspeed: N bytes in T s = X chars/s", N counting the bytes written
  * (the tty adds a carriage return to each line on the wire).
  *
+ * fsbench measures the file system mounted at DIR (capsule bench --workload
+ * fs mounts a shared directory there): it writes DIR/fsbench.dat, MIB MiB
+ * of sequential 1 MiB writes, then fsync; drops the guest's caches (sync,
+ * 3 to /proc/sys/vm/drop_caches) and reads it back in 1 MiB reads; drops
+ * them again and reads 4 KiB at random offsets in it for two seconds, one
+ * at a time, with readahead off (POSIX_FADV_RANDOM); removes it; creates
+ * FILES empty files in DIR/fsbench.meta, then stats each, then unlinks
+ * each; and extracts DIR/tree.tar into DIR/tree with busybox tar, then
+ * syncfs. It prints
+ * "fsbench: seqwrite=W MB/s seqread=R MB/s randread=N IOPS meta=M files/s tar=T s"
+ * (M counts a file created, stat'ed and unlinked as one) and, before it,
+ * "fsbench: meta create=C s stat=S s unlink=U s"; each phase prints
+ * "fsbench: PHASE done in T s" as it ends.
+ *
  * It asks for all ports with iopl(3) and falls back to ioperm() for the one
  * port where iopl is refused. Both need root and a kernel built with
  * CONFIG_X86_IOPL_IOPERM (ENOSYS otherwise). Since Linux 5.5, iopl() does
@@ -65,6 +80,8 @@
 #include <stdlib.h>
 #include <termios.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 static const char usage[] =
 	"usage: capsule-io outb PORT VALUE\n"
@@ -74,6 +91,7 @@ static const char usage[] =
 	"       capsule-io blkbench DEVICE MIB\n"
 	"       capsule-io tcpsend IPV4ADDR PORT SECONDS\n"
 	"       capsule-io conspeed LINES\n"
+	"       capsule-io fsbench DIR MIB FILES\n"
 	"  PORT 0-65535 and VALUE 0-255, decimal or hex with 0x\n";
 
 /* parse reads a decimal or 0x-prefixed hex number of at most max. */
@@ -356,6 +374,171 @@ static int conspeed(const char *lines_s)
 	return 0;
 }
 
+/* dropcaches writes back and drops the guest's page, dentry and inode
+ * caches, so that the next reads go to the device. */
+static int dropcaches(void)
+{
+	int fd;
+
+	sync();
+	fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (fd < 0 || write(fd, "3\n", 2) != 2) {
+		fprintf(stderr, "capsule-io: fsbench: drop_caches: %s\n", strerror(errno));
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+/* progress reports a phase of fsbench as it ends, so that a run that
+ * hangs shows how far it got. */
+static void progress(const char *phase, double secs)
+{
+	printf("fsbench: %s done in %.3f s\n", phase, secs);
+	fflush(stdout);
+}
+
+static int fsbench(const char *dir, const char *mib_s, const char *files_s)
+{
+	unsigned long mib, files, i, ios = 0;
+	double t0, wr, rd, rr, cr, st, ul, tr, end;
+	const char *what = "fsbench.dat";
+	char name[32];
+	struct stat sb;
+	unsigned char *buf;
+	int fd, status;
+	pid_t pid;
+
+	if (parse(mib_s, 1 << 16, &mib) != 0 || mib == 0 || parse(files_s, 1000000, &files) != 0 || files == 0) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	/* Every name below is relative to DIR. */
+	if (chdir(dir) != 0) {
+		fprintf(stderr, "capsule-io: fsbench %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	if (posix_memalign((void **)&buf, 4096, 1 << 20) != 0)
+		return 1;
+	memset(buf, 0x5a, 1 << 20);
+
+	/* Sequential write, then fsync. */
+	t0 = now();
+	fd = open("fsbench.dat", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		goto fail;
+	for (i = 0; i < mib; i++)
+		if (write(fd, buf, 1 << 20) != 1 << 20)
+			goto fail;
+	if (fsync(fd) != 0 || close(fd) != 0)
+		goto fail;
+	wr = now() - t0;
+	progress("seqwrite", wr);
+
+	/* Sequential read, from the device. */
+	if (dropcaches() != 0)
+		return 1;
+	t0 = now();
+	fd = open("fsbench.dat", O_RDONLY);
+	if (fd < 0)
+		goto fail;
+	for (i = 0; i < mib; i++)
+		if (read(fd, buf, 1 << 20) != 1 << 20)
+			goto fail;
+	close(fd);
+	rd = now() - t0;
+	progress("seqread", rd);
+
+	/* 4 KiB random reads, no readahead. */
+	if (dropcaches() != 0)
+		return 1;
+	fd = open("fsbench.dat", O_RDONLY);
+	if (fd < 0)
+		goto fail;
+	posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+	srand(1);
+	t0 = now();
+	end = t0 + 2;
+	while (now() < end) {
+		off_t off = ((off_t)rand() % (off_t)(mib * 256)) * 4096;
+
+		if (pread(fd, buf, 4096, off) != 4096)
+			goto fail;
+		ios++;
+	}
+	rr = now() - t0;
+	progress("randread", rr);
+	close(fd);
+	if (unlink("fsbench.dat") != 0)
+		goto fail;
+
+	/* Metadata: create, stat and unlink FILES files. */
+	what = "fsbench.meta";
+	if (mkdir("fsbench.meta", 0755) != 0 || chdir("fsbench.meta") != 0)
+		goto fail;
+	what = name;
+	t0 = now();
+	for (i = 0; i < files; i++) {
+		snprintf(name, sizeof(name), "f%lu", i);
+		fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+		if (fd < 0 || close(fd) != 0)
+			goto fail;
+	}
+	cr = now() - t0;
+	progress("create", cr);
+	t0 = now();
+	for (i = 0; i < files; i++) {
+		snprintf(name, sizeof(name), "f%lu", i);
+		if (stat(name, &sb) != 0)
+			goto fail;
+	}
+	st = now() - t0;
+	progress("stat", st);
+	t0 = now();
+	for (i = 0; i < files; i++) {
+		snprintf(name, sizeof(name), "f%lu", i);
+		if (unlink(name) != 0)
+			goto fail;
+	}
+	ul = now() - t0;
+	progress("unlink", ul);
+	what = "fsbench.meta";
+	if (chdir("..") != 0 || rmdir("fsbench.meta") != 0)
+		goto fail;
+
+	/* tar x of the tree the host packed, then syncfs. */
+	what = "tree";
+	if (mkdir("tree", 0755) != 0)
+		goto fail;
+	if (dropcaches() != 0)
+		return 1;
+	t0 = now();
+	pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0) {
+		execlp("tar", "tar", "-x", "-f", "tree.tar", "-C", "tree", (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "capsule-io: fsbench: tar -x -f %s/tree.tar failed (status %#x)\n", dir, status);
+		return 1;
+	}
+	fd = open("tree", O_RDONLY | O_DIRECTORY);
+	if (fd < 0 || syncfs(fd) != 0)
+		goto fail;
+	close(fd);
+	tr = now() - t0;
+
+	printf("fsbench: meta create=%.3f s stat=%.3f s unlink=%.3f s\n", cr, st, ul);
+	printf("fsbench: seqwrite=%.1f MB/s seqread=%.1f MB/s randread=%.0f IOPS meta=%.0f files/s tar=%.3f s\n",
+		mib * 1.048576 / wr, mib * 1.048576 / rd, ios / rr, files / (cr + st + ul), tr);
+	return 0;
+fail:
+	fprintf(stderr, "capsule-io: fsbench %s/%s: %s\n", dir, what, strerror(errno));
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long port, value;
@@ -373,6 +556,8 @@ int main(int argc, char **argv)
 		return tcpsend(argv[2], argv[3], argv[4]);
 	if (argc == 3 && strcmp(argv[1], "conspeed") == 0)
 		return conspeed(argv[2]);
+	if (argc == 5 && strcmp(argv[1], "fsbench") == 0)
+		return fsbench(argv[2], argv[3], argv[4]);
 	if (argc != 4 || strcmp(argv[1], "outb") != 0) {
 		fputs(usage, stderr);
 		return 2;

@@ -54,8 +54,12 @@
 //
 // The files of a share hold at most MaxFDs host descriptors (one for each
 // file the guest holds, one more for each it opened; fewer when capsule's
-// descriptor limit is low): a walk, attach or open beyond that fails with
-// ENFILE, and a clunk gives them back. Extended attributes are not
+// descriptor limit is low, which Open raises towards 2*MaxFDs where it
+// may): a walk, attach or open beyond that fails with ENFILE, and a clunk
+// gives them back. A guest mounting with cache=loose holds a file for
+// each name in its dentry cache and an opened one for each inode it
+// wrote, about three descriptors a file: some 5000 files it has created
+// or looked up at once. Extended attributes are not
 // supported (ENOTSUP). Locks (Tlock) always succeed and take no host
 // lock, as QEMU's; they hold between the guest's own processes only. QIDs
 // are inode numbers; files on another file system mounted inside the
@@ -125,6 +129,7 @@ func Open(dir string, readOnly bool) (*FS, error) {
 	fs.maxFDs.Store(MaxFDs)
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		rl = raiseFileLimit(rl)
 		processMaxFDs.Store(int64(min(rl.Cur/2, 1<<30))) // leave capsule half of its descriptors
 	}
 	return fs, nil
@@ -136,6 +141,28 @@ func Open(dir string, readOnly bool) (*FS, error) {
 var processFDs, processMaxFDs atomic.Int64
 
 func init() { processMaxFDs.Store(MaxFDs) }
+
+// raiseFileLimit raises the process's descriptor limit (rl) towards
+// 2*MaxFDs, so that a share can hold MaxFDs: the soft limit up to the hard
+// one, and the hard one as well where the process may (root's may be as
+// low as Linux's 4096 for init and its children). It returns the limit in
+// force.
+func raiseFileLimit(rl unix.Rlimit) unix.Rlimit {
+	const want = 2 * MaxFDs
+	if rl.Cur >= want {
+		return rl
+	}
+	if rl.Max < want {
+		if unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: want, Max: want}) == nil {
+			return unix.Rlimit{Cur: want, Max: want}
+		}
+	}
+	raised := unix.Rlimit{Cur: min(want, rl.Max), Max: rl.Max}
+	if unix.Setrlimit(unix.RLIMIT_NOFILE, &raised) == nil {
+		return raised
+	}
+	return rl
+}
 
 // Close closes the directory; closing it again does nothing. The files
 // the guest holds must be closed (the device reset) first.

@@ -519,6 +519,27 @@ func TestDescriptorLimit(t *testing.T) {
 	}
 }
 
+func TestOpenRaisesTheDescriptorLimit(t *testing.T) {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &old) })
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 256, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	share(t, false)
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	// At least the soft limit rises to the hard one (a process with
+	// CAP_SYS_RESOURCE may raise that too).
+	if want := min(uint64(2*hostfs.MaxFDs), old.Max); rl.Cur < want {
+		t.Errorf("descriptor limit %d after Open (hard %d before), want at least %d", rl.Cur, old.Max, want)
+	}
+}
+
 func TestOwnerIsTheGuestsWhenRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: capsule sets owners only when it runs as root")
