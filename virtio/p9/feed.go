@@ -99,6 +99,11 @@ func (d *Device) take(mem *machine.GuestMemory, c *virtio.Chain, chainErr error,
 		d.mu.Unlock()
 		return nil, nil
 	case msgTversion:
+		// An msize too small for a Tversion would leave the session
+		// unable to take even the next one: refused here.
+		if binary.LittleEndian.Uint32(body) < MinMessageSize {
+			return refuse(errEINVAL, fmt.Errorf("Tversion msize %d, less than %d", binary.LittleEndian.Uint32(body), MinMessageSize))
+		}
 		msg = tversion(tag, body, MaxMessageSize)
 	}
 

@@ -90,6 +90,9 @@ const (
 	// MaxMessageSize is the largest msize the device agrees to; Linux's
 	// virtio transport uses at most 500 KiB.
 	MaxMessageSize = 512 << 10
+	// MinMessageSize is the smallest msize a Tversion may ask for (Linux
+	// never asks for less than 4096).
+	MinMessageSize = 4096
 	// MaxInFlight bounds the requests with the server at once.
 	MaxInFlight = 16
 	// MaxFailedUnlinks bounds the refused Tunlinkat the server sees (see

@@ -272,3 +272,12 @@ func TestFailedUnlinksBounded(t *testing.T) {
 	// Everything else still works.
 	expect(t, "getattr", r.call(tgetattr(9, 1), 4096), rGetattr, 9, 0)
 }
+
+// A Tversion asking for an msize too small to carry the next Tversion is
+// refused, and the session goes on with the msize it had.
+func TestTinyMsizeRefused(t *testing.T) {
+	r := newRig(t, false, nil)
+	expect(t, "tiny Tversion", r.call(tversion(7, "9P2000.L"), 4096), rLerror, noTag, 22)
+	r.attach()
+	expect(t, "getattr", r.call(tgetattr(9, 1), 4096), rGetattr, 9, 0)
+}
