@@ -28,6 +28,7 @@ func Run(o Options) error {
 	var sys System
 	if os.Getpid() == 1 {
 		sys = pid1{}
+		markBoot()
 		if err := earlyInit(); err != nil {
 			fmt.Fprintf(os.Stderr, "capsule-agent: %v\n", err)
 		}

@@ -45,6 +45,8 @@ type benchConfig struct {
 	fsOptions      string
 	fsMiB, fsFiles int
 	virtiofsd      string
+	// The run workload's root (default: a busybox root made for it).
+	rootfs string
 }
 
 func cmdBench(args []string, stdout, stderr io.Writer) error {
@@ -81,7 +83,10 @@ or "fs" (a shared directory: sequential write and read of a --fs-mib file,
 4 KiB random reads, create+stat+unlink of --fs-files files and tar x of a
 3000-file tree, capsule-io fsbench; capsule's virtio-9p, and with --against
 qemu QEMU's virtio-9p and virtiofsd, on a kernel with 9p and virtio-fs);
-disk, net, console and fs need the test initramfs`)
+disk, net, console and fs need the test initramfs;
+or "run" (capsule run --rootfs ROOT -- true end to end, in phases: VMM
+start, kernel, agent ready, program, VM stop; on the default kernel and the
+agent initramfs)`)
 	fs.BoolVar(&c.verboseBoot, "verbose-boot", false, `drop "quiet" from --cmdline, so that the kernel prints its whole
 boot log on the serial console`)
 	fs.IntVar(&c.lines, "lines", 1000, "lines the guest writes in the console workload")
@@ -89,6 +94,7 @@ boot log on the serial console`)
 (after trans=virtio,version=9p2000.L; empty: the kernel's defaults)`)
 	fs.IntVar(&c.fsMiB, "fs-mib", 256, "size of the fs workload's file, MiB")
 	fs.IntVar(&c.fsFiles, "fs-files", 10000, "files the fs workload creates, stats and unlinks")
+	fs.StringVar(&c.rootfs, "rootfs", "", "root of the run workload (default: one made from /bin/busybox)")
 	fs.StringVar(&c.virtiofsd, "virtiofsd", "/usr/lib/qemu/virtiofsd", "QEMU's virtiofsd, for the fs workload with --against qemu")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -100,8 +106,10 @@ boot log on the serial console`)
 		return usageErrorf("--runs %d: must be at least 1", c.runs)
 	case c.against != "" && c.against != "qemu":
 		return usageErrorf("--against %q: only qemu is supported", c.against)
-	case !slices.Contains([]string{"boot", "disk", "net", "console", "fs"}, c.workload):
-		return usageErrorf("--workload %q: want boot, disk, net, console or fs", c.workload)
+	case !slices.Contains([]string{"boot", "disk", "net", "console", "fs", "run"}, c.workload):
+		return usageErrorf("--workload %q: want boot, disk, net, console, fs or run", c.workload)
+	case c.workload == "run" && c.against != "":
+		return usageErrorf("--workload run has no peer (--against)")
 	case c.lines < 1 || c.lines > 1000000:
 		return usageErrorf("--lines %d: want 1 to 1000000", c.lines)
 	case c.fsMiB < 1 || c.fsMiB > 65536:
@@ -142,6 +150,12 @@ boot log on the serial console`)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if c.workload == "run" {
+		if !fs.Changed("memory") {
+			c.memory = 0 // capsule run's default
+		}
+		return benchRun(ctx, self, c, stdout, stderr)
+	}
 	if c.workload != "boot" {
 		if !fs.Changed("qemu-machine") {
 			// Without ACPI, microvm lists its virtio-mmio devices on the

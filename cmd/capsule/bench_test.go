@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -243,5 +244,27 @@ func TestBenchFSReportRatios(t *testing.T) {
 	r.print(&b)
 	if out := b.String(); strings.Contains(out, "qemu") || strings.Contains(out, "ratio") || strings.Contains(out, "virtiofs") {
 		t.Errorf("report without QEMU:\n%s", out)
+	}
+}
+
+// TestBreakdownLine: what capsule run -v prints is what bench --workload
+// run reads back, and a phase that was not reached reads as no line.
+func TestBreakdownLine(t *testing.T) {
+	ms := time.Millisecond
+	line := breakdown{firstRun: 12 * ms, marker: 812 * ms, ready: 1112 * ms, exited: 1132 * ms, stopped: 1150 * ms}.String()
+	want := "breakdown: vmm=12.0ms kernel=800.0ms agent=300.0ms program=20.0ms stop=18.0ms total=1150.0ms"
+	if line != want {
+		t.Fatalf("line %q, want %q", line, want)
+	}
+	got, ok := parseBreakdown([]byte("capsule: guest agent ready\ncapsule: " + line + "\n"))
+	if !ok || !slices.Equal(got, []time.Duration{12 * ms, 800 * ms, 300 * ms, 20 * ms, 18 * ms, 1150 * ms}) {
+		t.Fatalf("parsed %v, %v", got, ok)
+	}
+	noMarker := breakdown{firstRun: 12 * ms, ready: 1112 * ms, exited: 1132 * ms, stopped: 1150 * ms}.String()
+	if !strings.Contains(noMarker, "kernel=? agent=?") {
+		t.Errorf("without a marker: %q", noMarker)
+	}
+	if _, ok := parseBreakdown([]byte(noMarker)); ok {
+		t.Errorf("a line with unknown phases parsed")
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/capsule-vm/capsule/agent"
 	"github.com/capsule-vm/capsule/internal/guestimage"
+	"github.com/capsule-vm/capsule/internal/proc"
 	"github.com/capsule-vm/capsule/jail"
 	"github.com/capsule-vm/capsule/ociimage"
 	"github.com/capsule-vm/capsule/sandbox"
@@ -234,6 +235,7 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		showTail(stderr, tail, verbose)
 		return err
 	}
+	ready := proc.Since()
 	if verbose {
 		fmt.Fprintf(stderr, "capsule: guest agent ready after %s (%s)\n", ms(time.Since(start)), sb.Agent().Agent)
 	}
@@ -258,9 +260,12 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	case err != nil:
 		return sandboxEnd(sb, err, tail, verbose, stderr)
 	}
+	exited := proc.Since()
 	sb.Stop(2 * time.Second)
 	if verbose {
 		fmt.Fprintf(stderr, "capsule: %s after %s; the guest: %s\n", st, ms(time.Since(start)), sb.Ended())
+		res, _ := sb.Result()
+		fmt.Fprintf(stderr, "capsule: %s\n", breakdown{res.FirstRun, res.Boot, ready, exited, proc.Since()})
 	}
 	if code := st.ShellCode(); code != 0 {
 		return exitError{code}
@@ -501,4 +506,29 @@ func (t *tailWriter) Bytes() []byte {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return append([]byte(nil), t.buf...)
+}
+
+// breakdown is where the time of capsule run --rootfs/--image went, each
+// a time since the capsule process started (zero when not reached): the
+// VMM's set-up until the first KVM_RUN, the kernel's boot until the agent
+// (PID 1) wrote the boot-time marker, the agent until it answered with
+// the root ready, the program until its exit status came, and the VM's
+// stop.
+type breakdown struct {
+	firstRun, marker, ready, exited, stopped time.Duration
+}
+
+// String is one line, "breakdown: vmm=… kernel=… agent=… program=…
+// stop=… total=…" in milliseconds ("?" for a phase whose end or start
+// was not reached), which capsule bench --workload run reads back.
+func (b breakdown) String() string {
+	marks := []time.Duration{0, b.firstRun, b.marker, b.ready, b.exited, b.stopped}
+	phase := func(from, to int) string {
+		if (from > 0 && marks[from] == 0) || marks[to] == 0 {
+			return "?"
+		}
+		return fmt.Sprintf("%.1fms", float64((marks[to]-marks[from]).Microseconds())/1000)
+	}
+	return fmt.Sprintf("breakdown: vmm=%s kernel=%s agent=%s program=%s stop=%s total=%s",
+		phase(0, 1), phase(1, 2), phase(2, 3), phase(3, 4), phase(4, 5), phase(0, 5))
 }

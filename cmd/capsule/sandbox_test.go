@@ -110,6 +110,14 @@ func TestSandboxRunsAProgramFromADirectory(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(root, "data/out.txt")); err != nil || string(b) != "from-guest\n" {
 		t.Fatalf("data/out.txt on the host: %q, %v", b, err)
 	}
+	// -v ends with the run's breakdown, every phase reached: the agent
+	// wrote the boot-time marker.
+	status, _, stderr := runSandboxCmd(t, nil, "-v", "--rootfs", root, "--", "true")
+	if phases, ok := parseBreakdown([]byte(stderr)); status != 0 || !ok {
+		t.Fatalf("-v: status %d, phases %v; stderr:\n%s", status, phases, stderr)
+	} else {
+		t.Logf("capsule run -v --rootfs ROOT -- true: %s", breakdownLine.FindString(stderr))
+	}
 }
 
 func TestSandboxReadOnlyRootAndVolumes(t *testing.T) {
