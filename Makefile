@@ -13,6 +13,7 @@ SHELL := /bin/bash
 #   make bench-io   virtio-blk and virtio-net benchmark against QEMU, in the rig
 #   make bench-console  quiet and verbose boots and the console's output rate
 #                   against QEMU, in the rig
+#   make bench-run  capsule run --rootfs ROOT -- true, phase by phase, in the rig
 #   make bench-fs   shared-directory benchmark: capsule's virtio-9p against
 #                   QEMU's virtio-9p and virtiofsd, in the rig
 #   make soak       verbose boots of each kernel, SOAK_N times each, in the rig
@@ -56,7 +57,7 @@ IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
 .PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
-	bench-console bench-fs soak install uninstall default-images
+	bench-console bench-fs bench-run soak install uninstall default-images
 
 all: bin/capsule bin/kvmrig bin/capsule-agent $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -202,6 +203,16 @@ bench-fs: deps all images
 		args="$(BENCH_FS_ARGS) --fs-options msize=$(BENCH_FS_MSIZE),cache=$$cache" && \
 		CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-40m} $(BENCH_VMM) || exit 1; \
 	done
+
+# bench-run: capsule run --rootfs ROOT -- true end to end, BENCH_RUN_RUNS
+# times, broken into VMM start, kernel, agent ready, program and VM stop
+# (capsule run -v's breakdown), on the default kernel and the agent
+# initramfs; ROOT is a static busybox.
+BENCH_RUN_RUNS ?= 10
+BENCH_RUN_ARGS = bench --workload run --kernel $(CURDIR)/$(IMG)/default.vmlinux \
+	--initrd $(CURDIR)/$(IMG)/agent.cpio.gz --runs $(BENCH_RUN_RUNS)
+bench-run: deps all images
+	@args="$(BENCH_RUN_ARGS)"; $(BENCH_VMM)
 
 # soak: SOAK_N verbose boots (no quiet) of each kernel (minimal bzImage,
 # minimal PVH vmlinux, stock bzImage) under capsule, each required to reach
