@@ -48,6 +48,8 @@ type runReport struct {
 	// Samples holds, for each run, the phases in runPhases' order.
 	Samples [][]time.Duration `json:"samples_ns"`
 	Summary []stat            `json:"summary"`
+	// Repeated counts the runs that failed and were run again.
+	Repeated int `json:"repeated_runs,omitempty"`
 }
 
 // parseBreakdown reads the phases and the total from capsule run -v's
@@ -115,24 +117,19 @@ func benchRun(ctx context.Context, self string, c benchConfig, stdout, stderr io
 	rep := runReport{Workload: "run", Kernel: c.kernel, Initrd: c.initrd, RootFS: c.rootfs, Command: "capsule " + strings.Join(args, " "),
 		CPUs: c.cpus, Runs: c.runs, Date: time.Now().UTC().Format("2006-01-02"), Host: hostDescription()}
 	for i := range c.runs {
-		var errb bytes.Buffer
-		cmd := exec.CommandContext(ctx, self, args...)
-		cmd.Stderr = &errb
-		cmd.WaitDelay = 10 * time.Second
-		start := time.Now()
-		err := cmd.Run()
-		wall := time.Since(start)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		phases, ok := parseBreakdown(errb.Bytes())
-		if err != nil || !ok {
-			if err == nil {
-				err = errors.New("no breakdown line on its stderr")
+		var phases []time.Duration
+		for attempt := 1; ; attempt++ {
+			var err error
+			if phases, err = runOnce(ctx, self, args); err == nil {
+				break
 			}
-			return fmt.Errorf("run %d: %v: %s", i+1, err, lastBytes(errb.Bytes(), 2048))
+			if ctx.Err() != nil || attempt == ioAttempts {
+				return fmt.Errorf("run %d: %w", i+1, err)
+			}
+			rep.Repeated++
+			fmt.Fprintf(stderr, "bench: run %d failed, repeating it: %v\n", i+1, err)
 		}
-		rep.Samples = append(rep.Samples, append(phases, wall))
+		rep.Samples = append(rep.Samples, phases)
 		if !c.json {
 			fmt.Fprintf(stderr, "bench: run %d/%d done\n", i+1, c.runs)
 		}
@@ -151,6 +148,29 @@ func benchRun(ctx context.Context, self string, c benchConfig, stdout, stderr io
 	return nil
 }
 
+// runOnce runs capsule with args and returns the breakdown's phases and
+// the wall time, fork to exit.
+func runOnce(ctx context.Context, self string, args []string) ([]time.Duration, error) {
+	var errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Stderr = &errb
+	cmd.WaitDelay = 10 * time.Second
+	start := time.Now()
+	err := cmd.Run()
+	wall := time.Since(start)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	phases, ok := parseBreakdown(errb.Bytes())
+	if err == nil && !ok {
+		err = errors.New("no breakdown line on its stderr")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, lastBytes(errb.Bytes(), 2048))
+	}
+	return append(phases, wall), nil
+}
+
 func (r runReport) print(w io.Writer) {
 	fmt.Fprintf(w, "capsule bench --workload run, %s, %s\n", r.Date, r.Host)
 	fmt.Fprintf(w, "%s\n%d runs, %d vCPU(s)\n", r.Command, r.Runs, r.CPUs)
@@ -160,4 +180,7 @@ func (r runReport) print(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", p, ms(r.Summary[i].Min), ms(r.Summary[i].Median), ms(r.Summary[i].P90))
 	}
 	tw.Flush()
+	if r.Repeated > 0 {
+		fmt.Fprintf(w, "runs repeated after a failure: %d\n", r.Repeated)
+	}
 }
