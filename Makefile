@@ -199,9 +199,9 @@ BENCH_FS_MSIZE ?= 512000
 BENCH_FS_ARGS = bench --kernel $(CURDIR)/$(IMG)/default.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
 	--runs $(BENCH_FS_RUNS) --against qemu --timeout 300s --workload fs
 bench-fs: deps all images
-	@for cache in $(BENCH_FS_CACHES); do \
-		args="$(BENCH_FS_ARGS) --fs-options msize=$(BENCH_FS_MSIZE),cache=$$cache" && \
-		CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-40m} $(BENCH_VMM) || exit 1; \
+	@export CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-40m}; \
+	for cache in $(BENCH_FS_CACHES); do \
+		args="$(BENCH_FS_ARGS) --fs-options msize=$(BENCH_FS_MSIZE),cache=$$cache" && { $(BENCH_VMM); } || exit 1; \
 	done
 
 # bench-run: capsule run --rootfs ROOT -- true end to end, BENCH_RUN_RUNS
