@@ -58,8 +58,9 @@
 // may): a walk, attach or open beyond that fails with ENFILE, and a clunk
 // gives them back. A guest mounting with cache=loose holds a file for
 // each name in its dentry cache and an opened one for each inode it
-// wrote, about three descriptors a file: some 5000 files it has created
-// or looked up at once. Extended attributes are not
+// wrote, about three descriptors a file: some 20,000 files it has
+// created or looked up at once. (A descriptor is a few hundred bytes of
+// host kernel memory: 65536 of them are some 20 MiB.) Extended attributes are not
 // supported (ENOTSUP). Locks (Tlock) always succeed and take no host
 // lock, as QEMU's; they hold between the guest's own processes only. QIDs
 // are inode numbers; files on another file system mounted inside the
@@ -83,7 +84,7 @@ import (
 )
 
 // MaxFDs bounds the host descriptors the files of one share hold.
-const MaxFDs = 16384
+const MaxFDs = 65536
 
 // FS is one shared host directory.
 type FS struct {
