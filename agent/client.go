@@ -219,24 +219,39 @@ func (c *Client) Start(ctx context.Context, spec ProcessSpec, stdio Stdio) (*Pro
 	if spec.Terminal {
 		kinds = kinds[:1]
 	}
+	if stdio.Stdin != nil {
+		kinds = append(kinds, Stdin)
+	}
+	// The streams attach at once: each is a connection and a handshake,
+	// a round trip to the guest apiece.
+	conns := make([]net.Conn, len(kinds))
+	errs := make([]error, len(kinds))
+	var wg sync.WaitGroup
 	for i, k := range kinds {
-		conn, err := c.attach(ctx, spec.ID, k)
-		if err != nil {
-			p.abandon()
-			return nil, err
+		wg.Go(func() { conns[i], errs[i] = c.attach(ctx, spec.ID, k) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err == nil {
+			continue
 		}
-		o := &outStream{kind: k, conn: conn, done: make(chan struct{})}
+		for _, conn := range conns {
+			if conn != nil {
+				conn.Close()
+			}
+		}
+		p.abandon()
+		return nil, err
+	}
+	for i, k := range kinds {
+		if k == Stdin {
+			p.stdin = conns[i]
+			go p.copyStdin(stdio.Stdin)
+			continue
+		}
+		o := &outStream{kind: k, conn: conns[i], done: make(chan struct{})}
 		p.outs = append(p.outs, o)
 		go o.copy(writers[i])
-	}
-	if stdio.Stdin != nil {
-		conn, err := c.attach(ctx, spec.ID, Stdin)
-		if err != nil {
-			p.abandon()
-			return nil, err
-		}
-		p.stdin = conn
-		go p.copyStdin(stdio.Stdin)
 	}
 	return p, nil
 }
