@@ -78,6 +78,12 @@ type Config struct {
 	// RuntimeDir()/Name, and one VM of a name runs at a time. Empty: a
 	// fresh directory under os.TempDir().
 	Name string
+	// Dir, when set (and no Name is), is the VM's private directory
+	// instead: New makes it (it must not exist; its parent must) and
+	// Close removes it. An OCI runtime puts it in its container's state
+	// directory, so that deleting the container removes what a killed
+	// VMM left there.
+	Dir string
 }
 
 // RuntimeDir is where named VMs keep their directories:
@@ -236,7 +242,19 @@ func New(cfg Config) (*VM, error) {
 			return nil, fmt.Errorf("volume %s:%s: the guest path must be absolute and not /", v.HostDir, v.Path)
 		}
 	}
-	dir, lock, err := privateDir(cfg.Name)
+	var (
+		dir  string
+		lock *os.File
+		err  error
+	)
+	switch {
+	case cfg.Dir != "" && cfg.Name != "":
+		return nil, errors.New("sandbox: a VM has a Name or a Dir, not both")
+	case cfg.Dir != "":
+		dir, err = cfg.Dir, os.Mkdir(cfg.Dir, 0o700)
+	default:
+		dir, lock, err = privateDir(cfg.Name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
