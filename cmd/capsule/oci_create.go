@@ -56,10 +56,6 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if *consoleSocket != "" {
 		g.log.Warnf("container %s: --console-socket %s: ignored (process.terminal is false)", c.ID, *consoleSocket)
 	}
-	images, err := guestimage.Find(guestimage.Options{})
-	if err != nil {
-		return err
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -73,6 +69,10 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 			c.Remove()
 		}
 	}()
+	images, err := guestimage.Find(guestimage.Options{})
+	if err != nil {
+		return err
+	}
 	err = c.Write(ocirt.State{
 		OCIVersion: specs.Version, ID: c.ID, Status: specs.StateCreating,
 		Bundle: b.Dir, Rootfs: b.RootFS, Created: time.Now().UTC(),
