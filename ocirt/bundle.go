@@ -161,14 +161,22 @@ func (b *Bundle) VM() (VMConfig, error) {
 	return c, nil
 }
 
-// Process maps config.json's process onto the agent's: arguments, the
-// environment (HOME from the root's /etc/passwd when it has none, as
-// runc does), cwd, uid, gid and additional gids, rlimits. id names it for
-// the agent.
+// Process maps config.json's process onto the agent's (see
+// MapProcess); id names it for the agent.
 func (b *Bundle) Process(id string) (agent.ProcessSpec, error) {
-	p := b.Spec.Process
+	return MapProcess(b.Spec.Process, b.RootFS, id)
+}
+
+// MapProcess maps a runtime-spec process (config.json's, or exec's
+// --process) onto the agent's: arguments, the environment (HOME from
+// rootfs's /etc/passwd when it has none, as runc does), cwd, uid, gid and
+// additional gids, rlimits. A terminal is refused (not supported yet).
+func MapProcess(p *specs.Process, rootfs, id string) (agent.ProcessSpec, error) {
 	if p.Terminal {
-		return agent.ProcessSpec{}, errors.New("config.json: process.terminal: a terminal (--console-socket) is not supported yet")
+		return agent.ProcessSpec{}, errors.New("process.terminal: a terminal (--console-socket) is not supported yet")
+	}
+	if len(p.Args) == 0 {
+		return agent.ProcessSpec{}, errors.New("process.args is empty")
 	}
 	spec := agent.ProcessSpec{
 		ID: id, Args: p.Args, Env: p.Env, Cwd: p.Cwd,
@@ -179,7 +187,7 @@ func (b *Bundle) Process(id string) (agent.ProcessSpec, error) {
 	}
 	if !slices.ContainsFunc(spec.Env, func(kv string) bool { return strings.HasPrefix(kv, "HOME=") }) {
 		home := "/"
-		if u, err := ociimage.LookupUser(b.RootFS, fmt.Sprint(p.User.UID)); err == nil && u.Home != "" {
+		if u, err := ociimage.LookupUser(rootfs, fmt.Sprint(p.User.UID)); err == nil && u.Home != "" {
 			home = u.Home
 		}
 		spec.Env = append(slices.Clip(spec.Env), "HOME="+home)

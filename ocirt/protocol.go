@@ -2,12 +2,16 @@ package ocirt
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/capsule-vm/capsule/agent"
+	"github.com/capsule-vm/capsule/sandbox"
 )
 
 // Operations a command asks the monitor for.
@@ -70,4 +74,14 @@ func (c *Container) Call(req Request) error {
 		return errors.New(resp.Error)
 	}
 	return nil
+}
+
+// Dial connects to the container's guest agent, as exec does, until ctx
+// ends.
+func (c *Container) Dial(ctx context.Context) (*agent.Client, error) {
+	cl, err := agent.Dial(ctx, agent.HybridDialer(sandbox.SocketIn(c.VMDir())))
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", c.ID, err)
+	}
+	return cl, nil
 }

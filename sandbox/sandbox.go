@@ -136,7 +136,11 @@ func Dial(ctx context.Context, name string) (*agent.Client, error) {
 
 // AgentSocket is the socket through which the agent of the VM called
 // name is reached (see Dial).
-func AgentSocket(name string) string { return filepath.Join(RuntimeDir(), name, "vsock") }
+func AgentSocket(name string) string { return SocketIn(filepath.Join(RuntimeDir(), name)) }
+
+// SocketIn is the agent's socket of the VM whose private directory is
+// dir (Config.Dir).
+func SocketIn(dir string) string { return filepath.Join(dir, "vsock") }
 
 // privateDir makes the VM's directory: a fresh temporary one, or
 // RuntimeDir()/name, replacing one a VM of that name left behind when it
@@ -266,7 +270,7 @@ func New(cfg Config) (*VM, error) {
 	}
 	devs := []vmm.Device{
 		vmm.Share{HostDir: cfg.Root, Tag: RootTag, ReadOnly: cfg.RootReadOnly},
-		vmm.Vsock{CID: guestCID, Path: filepath.Join(dir, "vsock")},
+		vmm.Vsock{CID: guestCID, Path: SocketIn(dir)},
 		vmm.RNG{},
 	}
 	for i, v := range cfg.Volumes {
@@ -329,7 +333,7 @@ func (v *VM) Start(ctx context.Context) error {
 		case <-dialCtx.Done():
 		}
 	}()
-	c, err := agent.Dial(dialCtx, agent.HybridDialer(filepath.Join(v.dir, "vsock")))
+	c, err := agent.Dial(dialCtx, agent.HybridDialer(SocketIn(v.dir)))
 	if err != nil {
 		return v.bootErr(ctx, err)
 	}

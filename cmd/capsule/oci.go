@@ -48,10 +48,13 @@ func init() {
 		{"state", "state ID", "print the container's state as JSON", ociState, false},
 		{"kill", "kill [--all] ID [SIGNAL]", "send a signal (default SIGTERM) to the container's process", ociKill, false},
 		{"delete", "delete [--force] ID", "delete a stopped container (--force: any)", ociDelete, false},
+		{"exec", "exec [--process FILE] [--detach [--pid-file FILE]] [--cwd DIR] [--env K=V]... [--user UID[:GID]] ID [COMMAND [ARGS...]]",
+			"run a further process in the container's VM", ociExec, false},
 		{"list", "list [--format table|json] [--quiet]", "list the containers", ociList, false},
 		{"spec", "spec [--bundle DIR]", "write a default config.json", ociSpec, false},
 		{"features", "features", "print what this runtime supports, as JSON", ociFeatures, false},
 		{"monitor", "monitor --kernel K --initrd I ID", "(internal) a container's monitor, started by create", ociMonitor, true},
+		{"exec-monitor", "exec-monitor --spec FILE ID", "(internal) a detached exec's stand-in", ociExecMonitor, true},
 	}
 }
 

@@ -247,6 +247,30 @@ func TestOCIKillAndDelete(t *testing.T) {
 		p := newPipes(t)
 		pid := r.create("term", bundle, p)
 		r.ok("start", "term")
+		// exec: a further process, its output and status.
+		status, stdout, stderr := r.run(nil, nil, nil, "exec", "term", "sh", "-c", "echo in-exec; echo e >&2; exit 5")
+		if status != 5 || stdout != "in-exec\n" || stderr != "e\n" {
+			t.Fatalf("exec: status %d, stdout %q, stderr %q", status, stdout, stderr)
+		}
+		// exec --detach: the pid file's pid stands for the process.
+		devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer devNull.Close()
+		pidFile := filepath.Join(t.TempDir(), "exec.pid")
+		if status, _, _ := r.run(devNull, devNull, devNull, "exec", "--detach", "--pid-file", pidFile, "term", "sh", "-c", "exit 6"); status != 0 {
+			log, _ := os.ReadFile(r.log)
+			t.Fatalf("exec --detach: status %d; log:\n%s", status, log)
+		}
+		b, _ := os.ReadFile(pidFile)
+		execPid, err := strconv.Atoi(string(b))
+		if err != nil {
+			t.Fatalf("exec pid file %q", b)
+		}
+		if ws := waitMonitor(t, execPid); !ws.Exited() || ws.ExitStatus() != 6 {
+			t.Fatalf("detached exec: %v; want exit status 6", ws)
+		}
 		if status, _, stderr := r.run(nil, nil, nil, "delete", "term"); status != 1 || !strings.Contains(stderr, "that is not stopped: running") {
 			t.Fatalf("delete of a running container: %d %q", status, stderr)
 		}

@@ -211,6 +211,9 @@ func TestOCIStateAndListPrintRuncsJSON(t *testing.T) {
 	if status, _, stderr = runMain("oci", "--root", root, "start", "box"); status != 1 || !strings.Contains(stderr, "cannot start a container that has stopped") {
 		t.Fatalf("start: %d %q", status, stderr)
 	}
+	if status, _, stderr = runMain("oci", "--root", root, "exec", "box", "true"); status != 1 || strings.TrimSpace(stderr) != "cannot exec in a stopped container" {
+		t.Fatalf("exec: %d %q", status, stderr)
+	}
 	if status, _, stderr = runMain("oci", "--root", root, "delete", "box"); status != 0 || len(rootEntries(t, root)) != 0 {
 		t.Fatalf("delete: %d %q, left %q", status, stderr, rootEntries(t, root))
 	}
