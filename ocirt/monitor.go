@@ -50,6 +50,10 @@ type MonitorConfig struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Log            *Logger
+	// Confine, when set, is called once the VM is made, before it boots,
+	// with its devices: the caller's chance to take powers away (the
+	// capabilities a VMM run as root does not need).
+	Confine func(devices []vmm.Device) error
 }
 
 // ReadyOK is the line a monitor writes to MonitorConfig.Ready when the
@@ -133,6 +137,11 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 	defer ln.Close() // removes the socket
 	if err := os.Chmod(c.Socket(), privateMode); err != nil {
 		return fail(err)
+	}
+	if cfg.Confine != nil {
+		if err := cfg.Confine(sb.Devices()); err != nil {
+			return fail(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.BootTimeout)
 	err = sb.Start(ctx)

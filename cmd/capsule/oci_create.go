@@ -16,8 +16,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/capsule-vm/capsule/internal/guestimage"
+	"github.com/capsule-vm/capsule/jail"
 	"github.com/capsule-vm/capsule/ocirt"
 	"github.com/capsule-vm/capsule/sandbox"
+	"github.com/capsule-vm/capsule/vmm"
 )
 
 // createTimeout bounds create's wait for its monitor: the boot's own
@@ -194,6 +196,15 @@ func ociMonitor(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	status := ocirt.RunMonitor(c, ocirt.MonitorConfig{
 		Kernel: *kernel, Initrd: *initrd, BootTimeout: *bootTimeout, Ready: ready,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Log: log,
+		// As capsule run --rootfs: root's powers go but for the
+		// shares' file ones. No seccomp filter yet: the monitor still
+		// writes its state and serves its socket after the boot.
+		Confine: func(devs []vmm.Device) error {
+			if os.Geteuid() != 0 {
+				return nil
+			}
+			return jail.DropCapabilities(shareCapabilities(vmm.Config{Devices: devs})...)
+		},
 	})
 	return exitError{status}
 }
