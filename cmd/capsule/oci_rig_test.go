@@ -176,6 +176,7 @@ func TestOCIContainerLifecycle(t *testing.T) {
 	r := newOCIRig(t)
 	root := busyboxRoot(t)
 	vol := t.TempDir()
+	os.Chmod(vol, 0o755) // for the guest's uid 1000
 	os.WriteFile(filepath.Join(vol, "in.txt"), []byte("from-host\n"), 0o644)
 	limit := int64(200 << 20)
 	spec := ociSpecOf("sh", "-c", `read line; echo "got $line"; hostname; cat /data/in.txt; id -u; echo oops >&2
