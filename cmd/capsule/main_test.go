@@ -197,7 +197,7 @@ func TestUsageErrorsExit2AndOtherErrorsExit1(t *testing.T) {
 		{[]string{"bench"}, 2, "capsule bench: --kernel is required (run 'capsule bench --help')"},
 		{[]string{"bench", "--kernel", "k", "--runs", "0"}, 2, "--runs 0: must be at least 1"},
 		{[]string{"bench", "--kernel", "k", "--against", "firecracker"}, 2, `--against "firecracker": only qemu is supported`},
-		{[]string{"bench", "--kernel", "k", "--workload", "cpu"}, 2, `--workload "cpu": want boot, disk, net, console or fs`},
+		{[]string{"bench", "--kernel", "k", "--workload", "cpu"}, 2, `--workload "cpu": want boot, disk, net, console, fs or run`},
 		{[]string{"bench", "--kernel", "k", "--timeout", "10"}, 2, `--timeout "10": must be a duration`},
 		{[]string{"bench", "--kernel", "/nonexistent"}, 1, "capsule bench: --kernel /nonexistent: no such file or directory"},
 		{[]string{"run", "--kernel", "/nonexistent"}, 1, "/nonexistent"},
