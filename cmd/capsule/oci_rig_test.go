@@ -42,9 +42,18 @@ type ociRig struct {
 func newOCIRig(t *testing.T) *ociRig {
 	kvmtest.OpenHardware(t)
 	becomeSubreaper(t)
-	image(t, "default.vmlinux")
-	image(t, "agent.cpio.gz")
+	// The rig's copy of the checkout has no go.mod for capsule to find
+	// its images by: they are named.
+	t.Setenv("CAPSULE_KERNEL", image(t, "default.vmlinux"))
+	t.Setenv("CAPSULE_INITRD", image(t, "agent.cpio.gz"))
 	return &ociRig{t: t, bin: binary(t), root: ociRoot(t), log: filepath.Join(t.TempDir(), "log.json")}
+}
+
+// in is r for the subtest t.
+func (r *ociRig) in(t *testing.T) *ociRig {
+	c := *r
+	c.t = t
+	return &c
 }
 
 // run runs capsule oci ARGS with stdio (nil: /dev/null for stdin, a
@@ -245,6 +254,7 @@ func TestOCIKillAndDelete(t *testing.T) {
 	bundle := writeOCIBundle(t, ociSpecOf("sleep", "1000"), root)
 
 	t.Run("kill SIGTERM", func(t *testing.T) {
+		r := r.in(t)
 		p := newPipes(t)
 		pid := r.create("term", bundle, p)
 		r.ok("start", "term")
@@ -285,6 +295,7 @@ func TestOCIKillAndDelete(t *testing.T) {
 		r.ok("delete", "term")
 	})
 	t.Run("kill of a created container", func(t *testing.T) {
+		r := r.in(t)
 		p := newPipes(t)
 		pid := r.create("created", bundle, p)
 		r.ok("kill", "created", "KILL")
@@ -294,6 +305,7 @@ func TestOCIKillAndDelete(t *testing.T) {
 		r.ok("delete", "created")
 	})
 	t.Run("delete --force after the monitor was SIGKILLed", func(t *testing.T) {
+		r := r.in(t)
 		p := newPipes(t)
 		pid := r.create("sigkill", bundle, p)
 		r.ok("start", "sigkill")
@@ -307,6 +319,7 @@ func TestOCIKillAndDelete(t *testing.T) {
 		r.ok("delete", "--force", "sigkill")
 	})
 	t.Run("delete --force of a running container", func(t *testing.T) {
+		r := r.in(t)
 		p := newPipes(t)
 		pid := r.create("force", bundle, p)
 		r.ok("start", "force")
