@@ -50,6 +50,7 @@ func init() {
 		{"delete", "delete [--force] ID", "delete a stopped container (--force: any)", ociDelete, false},
 		{"exec", "exec [--process FILE] [--detach [--pid-file FILE]] [--cwd DIR] [--env K=V]... [--user UID[:GID]] ID [COMMAND [ARGS...]]",
 			"run a further process in the container's VM", ociExec, false},
+		{"ps", "ps [--format table|json] ID", "list the container's host processes (its monitor)", ociPs, false},
 		{"list", "list [--format table|json] [--quiet]", "list the containers", ociList, false},
 		{"spec", "spec [--bundle DIR]", "write a default config.json", ociSpec, false},
 		{"features", "features", "print what this runtime supports, as JSON", ociFeatures, false},

@@ -315,3 +315,45 @@ func ociFeatures(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	_, err = fmt.Fprintf(stdout, "%s\n", b)
 	return err
 }
+
+// ociPs is capsule oci ps: the host processes of the container, which is
+// its monitor (the container's own processes live in the guest);
+// --format json prints their pids as runc's does.
+func ociPs(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
+	fs := ociFlags("ps", stdout)
+	format := fs.StringP("format", "f", "table", "table or json")
+	fs.SetInterspersed(false) // ps(1) options may follow the ID
+	if err := parseOCI(fs, args, 1, -1); err != nil {
+		return err
+	}
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("ps: --format %q: want table or json", *format)
+	}
+	c, err := g.container(fs)
+	if err != nil {
+		return err
+	}
+	st, err := c.State()
+	if err != nil {
+		return err
+	}
+	pids := []int{}
+	if st.Status != specs.StateStopped {
+		pids = append(pids, st.Pid)
+	}
+	if *format == "json" {
+		b, err := json.Marshal(pids)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	w := tabwriter.NewWriter(stdout, 8, 1, 2, ' ', 0)
+	fmt.Fprint(w, "PID\tCMD\n")
+	for _, pid := range pids {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		fmt.Fprintf(w, "%d\t%s\n", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")))
+	}
+	return w.Flush()
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -258,6 +259,9 @@ func TestOCIKillAndDelete(t *testing.T) {
 		p := newPipes(t)
 		pid := r.create("term", bundle, p)
 		r.ok("start", "term")
+		if out := r.ok("ps", "--format", "json", "term"); out != fmt.Sprintf("[%d]\n", pid) {
+			t.Fatalf("ps --format json: %q; want the monitor, %d", out, pid)
+		}
 		// exec: a further process, its output and status.
 		status, stdout, stderr := r.run(nil, nil, nil, "exec", "term", "sh", "-c", "echo in-exec; echo e >&2; exit 5")
 		if status != 5 || stdout != "in-exec\n" || stderr != "e\n" {

@@ -211,6 +211,9 @@ func TestOCIStateAndListPrintRuncsJSON(t *testing.T) {
 	if status, _, stderr = runMain("oci", "--root", root, "start", "box"); status != 1 || !strings.Contains(stderr, "cannot start a container that has stopped") {
 		t.Fatalf("start: %d %q", status, stderr)
 	}
+	if status, stdout, _ = runMain("oci", "--root", root, "ps", "--format", "json", "box"); status != 0 || stdout != "[]\n" {
+		t.Fatalf("ps of a stopped container: %d %q", status, stdout)
+	}
 	if status, _, stderr = runMain("oci", "--root", root, "exec", "box", "true"); status != 1 || strings.TrimSpace(stderr) != "cannot exec in a stopped container" {
 		t.Fatalf("exec: %d %q", status, stderr)
 	}
