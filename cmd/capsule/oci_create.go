@@ -197,13 +197,18 @@ func ociMonitor(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 		Kernel: *kernel, Initrd: *initrd, BootTimeout: *bootTimeout, Ready: ready,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Log: log,
 		// As capsule run --rootfs: root's powers go but for the
-		// shares' file ones. No seccomp filter yet: the monitor still
-		// writes its state and serves its socket after the boot.
+		// shares' file ones, and the VMM's seccomp filter confines it
+		// (what the monitor does besides, writing its state file,
+		// serving its socket, dialling the agent, is within what the
+		// shares and vsock need).
 		Confine: func(devs []vmm.Device) error {
-			if os.Geteuid() != 0 {
-				return nil
+			cfg := vmm.Config{Devices: devs}
+			if os.Geteuid() == 0 {
+				if err := jail.DropCapabilities(shareCapabilities(cfg)...); err != nil {
+					return err
+				}
 			}
-			return jail.DropCapabilities(shareCapabilities(vmm.Config{Devices: devs})...)
+			return jail.Seccomp(seccompRules(cfg))
 		},
 	})
 	return exitError{status}

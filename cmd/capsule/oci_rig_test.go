@@ -205,6 +205,16 @@ busybox grep MemTotal /proc/meminfo; exit 7`)
 	if status, statePid := r.state("life"); status != "created" || statePid != pid {
 		t.Fatalf("after create: %s, pid %d; want created, %d", status, statePid, pid)
 	}
+	// The monitor, a VMM, is confined as capsule run's is: a seccomp
+	// filter, and (run as root) no capability but the shares' four.
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), "\nSeccomp:\t2\n") ||
+		(os.Geteuid() == 0 && !strings.Contains(string(status), "\nCapEff:\t000000000000000f\n")) {
+		t.Fatalf("the monitor is not confined:\n%s", status)
+	}
 	// A second create of the id is refused, and leaves the first be.
 	if status, _, stderr := r.run(nil, nil, nil, "create", "--bundle", bundle, "life"); status != 1 ||
 		strings.TrimSpace(stderr) != "container with given ID already exists" {
