@@ -118,6 +118,10 @@ func (b *Bundle) VM() (VMConfig, error) {
 		}
 		bind := m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 		switch {
+		case bind && slices.Contains(guestMounts, dest):
+			// podman's /dev/shm, shared by the containers of a pod:
+			// a VM has its own.
+			c.Skipped = append(c.Skipped, fmt.Sprintf("bind mount of %s at %s: the guest has its own", m.Source, dest))
 		case bind:
 			src := m.Source
 			if !filepath.IsAbs(src) {

@@ -116,6 +116,7 @@ func TestBundleMapsOntoTheVM(t *testing.T) {
 		{Destination: "/rw/", Source: vol, Options: []string{"bind", "rw"}},
 		{Destination: "/etc/resolv.conf", Type: "bind", Source: file, Options: []string{"bind"}},
 		{Destination: "/run", Type: "tmpfs", Source: "tmpfs"},
+		{Destination: "/dev/shm", Type: "bind", Source: vol, Options: []string{"rbind"}},
 	}
 	s.Linux = &specs.Linux{Resources: &specs.LinuxResources{
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
@@ -134,8 +135,9 @@ func TestBundleMapsOntoTheVM(t *testing.T) {
 		!reflect.DeepEqual(c.Volumes, wantVols) {
 		t.Fatalf("VM config %+v", c)
 	}
-	if len(c.Skipped) != 2 || !strings.Contains(c.Skipped[0], "/etc/resolv.conf") || !strings.Contains(c.Skipped[1], "tmpfs mount at /run") {
-		t.Fatalf("skipped %q; want the file bind and the tmpfs", c.Skipped)
+	if len(c.Skipped) != 3 || !strings.Contains(c.Skipped[0], "/etc/resolv.conf") || !strings.Contains(c.Skipped[1], "tmpfs mount at /run") ||
+		!strings.Contains(c.Skipped[2], "at /dev/shm: the guest has its own") {
+		t.Fatalf("skipped %q; want the file bind, the tmpfs and the bind over /dev/shm", c.Skipped)
 	}
 
 	// A tiny memory limit gets the minimum; none gets the defaults.

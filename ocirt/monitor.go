@@ -161,8 +161,14 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	fmt.Fprintln(cfg.Ready, ReadyOK)
+	// A create that is gone (killed) cannot tell anyone of this
+	// container: it ends rather than run unknown.
+	_, err = fmt.Fprintln(cfg.Ready, ReadyOK)
 	cfg.Ready.Close()
+	if err != nil {
+		cfg.Log.Errorf("container %s: create is gone: %v", c.ID, err)
+		return StatusFailed
+	}
 
 	go m.serve(ln)
 	var status int
