@@ -176,6 +176,15 @@ func (g *ociGlobals) fail(stderr io.Writer, err error) error {
 	return exitError{statusError}
 }
 
+// warn reports a warning: in the log, else on stderr.
+func (g *ociGlobals) warn(stderr io.Writer, err error) {
+	if g.logFile != nil {
+		g.log.Warnf("%v", err)
+		return
+	}
+	fmt.Fprintf(stderr, "warning: %v\n", err)
+}
+
 // ociFlags is the flag set of a command of capsule oci; --help prints
 // its synopsis and flags on stdout.
 func ociFlags(name string, stdout io.Writer) *pflag.FlagSet {

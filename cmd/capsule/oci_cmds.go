@@ -36,7 +36,16 @@ func ociStart(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	}
 	switch st.Status {
 	case specs.StateCreated:
-		return c.Call(ocirt.Request{Op: ocirt.OpStart})
+		if err := c.Call(ocirt.Request{Op: ocirt.OpStart}); err != nil {
+			return err
+		}
+		// poststart hooks: a failure is a warning, as runtime-spec says.
+		if b, err := ocirt.LoadBundle(st.Bundle); err == nil {
+			if err := ocirt.RunHooks(ocirt.HookPoststart, b.Hooks(ocirt.HookPoststart), st, specs.StateRunning); err != nil {
+				g.warn(stderr, fmt.Errorf("container %s: %w", c.ID, err))
+			}
+		}
+		return nil
 	case specs.StateRunning:
 		return errors.New("cannot start an already running container")
 	case specs.StateStopped:
@@ -158,7 +167,17 @@ func ociDelete(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	return c.Remove()
+	if err := c.Remove(); err != nil {
+		return err
+	}
+	// poststop hooks, once the container is gone: a failure is a
+	// warning; a bundle that is gone has none to run.
+	if b, err := ocirt.LoadBundle(st.Bundle); err == nil {
+		if err := ocirt.RunHooks(ocirt.HookPoststop, b.Hooks(ocirt.HookPoststop), st, specs.StateStopped); err != nil {
+			g.warn(stderr, fmt.Errorf("container %s: %w", c.ID, err))
+		}
+	}
+	return nil
 }
 
 // ociList is capsule oci list.

@@ -55,6 +55,9 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if _, err := b.Process("init"); err != nil {
 		return err
 	}
+	if err := ocirt.CheckHooks(b.Spec.Hooks); err != nil {
+		return err
+	}
 	if *consoleSocket != "" {
 		g.log.Warnf("container %s: --console-socket %s: ignored (process.terminal is false)", c.ID, *consoleSocket)
 	}
@@ -136,13 +139,28 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("container %s: the monitor ended before the VM was up (%v)", c.ID, status)
 	}
-	if *pidFile != "" {
-		if err := writePidFile(*pidFile, cmd.Process.Pid); err != nil {
-			// Not created after all: the monitor goes.
-			cmd.Process.Kill()
-			cmd.Wait()
+	// The VM is up: the hooks of the runtime's namespace run (a failure
+	// fails create), then the pid file is written.
+	err = func() error {
+		st, err := c.Read()
+		if err != nil {
 			return err
 		}
+		for _, point := range []string{ocirt.HookPrestart, ocirt.HookCreateRuntime} {
+			if err := ocirt.RunHooks(point, b.Hooks(point), st, specs.StateCreating); err != nil {
+				return err
+			}
+		}
+		if *pidFile != "" {
+			return writePidFile(*pidFile, cmd.Process.Pid)
+		}
+		return nil
+	}()
+	if err != nil {
+		// Not created after all: the monitor goes.
+		cmd.Process.Kill()
+		cmd.Wait()
+		return err
 	}
 	created = true
 	// The monitor is not waited for: whoever runs create (conmon, the

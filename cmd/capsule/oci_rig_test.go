@@ -195,7 +195,23 @@ busybox grep MemTotal /proc/meminfo; exit 7`)
 	spec.Process.User = specs.User{UID: 1000, GID: 1000}
 	spec.Mounts = []specs.Mount{{Destination: "/data", Type: "bind", Source: vol, Options: []string{"rbind", "ro"}}}
 	spec.Linux = &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}}
+	hooks := t.TempDir()
+	hook := func(name string) []specs.Hook {
+		return []specs.Hook{{Path: "/bin/busybox", Args: []string{"busybox", "sh", "-c", "cat > " + filepath.Join(hooks, name)}}}
+	}
+	spec.Hooks = &specs.Hooks{CreateRuntime: hook("createRuntime"), Poststart: hook("poststart")}
 	bundle := writeOCIBundle(t, spec, root)
+	hookState := func(name string) specs.State {
+		var st specs.State
+		b, err := os.ReadFile(filepath.Join(hooks, name))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			t.Fatalf("%s hook: %s (%v)", name, b, err)
+		}
+		return st
+	}
 
 	p := newPipes(t)
 	pid := r.create("life", bundle, p)
@@ -204,6 +220,9 @@ busybox grep MemTotal /proc/meminfo; exit 7`)
 	}
 	if status, statePid := r.state("life"); status != "created" || statePid != pid {
 		t.Fatalf("after create: %s, pid %d; want created, %d", status, statePid, pid)
+	}
+	if st := hookState("createRuntime"); st.ID != "life" || st.Status != specs.StateCreating || st.Pid != pid {
+		t.Fatalf("createRuntime hook's state: %+v", st)
 	}
 	// The monitor, a VMM, is confined as capsule run's is: a seccomp
 	// filter, and (run as root) no capability but the shares' four.
@@ -223,6 +242,9 @@ busybox grep MemTotal /proc/meminfo; exit 7`)
 	r.ok("start", "life")
 	if status, _ := r.state("life"); status != "running" { // it waits for its stdin
 		t.Fatalf("after start: %s", status)
+	}
+	if st := hookState("poststart"); st.ID != "life" || st.Status != specs.StateRunning || st.Pid != pid {
+		t.Fatalf("poststart hook's state: %+v", st)
 	}
 	if status, _, stderr := r.run(nil, nil, nil, "start", "life"); status != 1 || !strings.Contains(stderr, "already running") {
 		t.Fatalf("second start: %d %q", status, stderr)

@@ -93,6 +93,9 @@ func TestOCIGarbageInIsAClearError(t *testing.T) {
 	terminal := ociSpecOf("sh")
 	terminal.Process.Terminal = true
 	tty := writeOCIBundle(t, terminal, "")
+	inContainer := ociSpecOf("true")
+	inContainer.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/bin/true"}}}
+	containerHook := writeOCIBundle(t, inContainer, "")
 	invalid := t.TempDir()
 	os.WriteFile(filepath.Join(invalid, "config.json"), []byte("{not json"), 0o644)
 	for _, tc := range []struct {
@@ -105,6 +108,7 @@ func TestOCIGarbageInIsAClearError(t *testing.T) {
 		{"no config.json", []string{"create", "--bundle", t.TempDir(), "c1"}, "no config.json"},
 		{"no process args", []string{"create", "--bundle", noArgs, "c1"}, "no process.args"},
 		{"a terminal", []string{"create", "--bundle", tty, "c1"}, "process.terminal"},
+		{"a hook inside the container", []string{"create", "--bundle", containerHook, "c1"}, "startContainer hooks"},
 		{"bad id", []string{"create", "--bundle", good, "../x"}, `invalid container id "../x"`},
 		{"no id", []string{"create", "--bundle", good}, `"create" requires exactly 1 argument(s)`},
 		{"unknown command", []string{"crate", "c1"}, `unknown command "crate"; did you mean "create"?`},
@@ -219,6 +223,34 @@ func TestOCIStateAndListPrintRuncsJSON(t *testing.T) {
 	}
 	if status, _, stderr = runMain("oci", "--root", root, "delete", "box"); status != 0 || len(rootEntries(t, root)) != 0 {
 		t.Fatalf("delete: %d %q, left %q", status, stderr, rootEntries(t, root))
+	}
+}
+
+func TestOCIDeleteRunsPoststopHooks(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox for the hook")
+	}
+	out := filepath.Join(t.TempDir(), "poststop")
+	spec := ociSpecOf("true")
+	spec.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/bin/busybox", Args: []string{"busybox", "sh", "-c", "cat > " + out}}}}
+	bundle := writeOCIBundle(t, spec, "")
+	root := ociRoot(t)
+	c, _ := ocirt.Open(root, "hooked")
+	c.Make()
+	c.Write(ocirt.State{OCIVersion: specs.Version, ID: "hooked", Status: specs.StateStopped, Bundle: bundle, ExitStatus: 0})
+	if status, _, stderr := runMain("oci", "--root", root, "delete", "hooked"); status != 0 {
+		t.Fatalf("delete: %d %q", status, stderr)
+	}
+	var st specs.State
+	b, err := os.ReadFile(out)
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil || st.ID != "hooked" || st.Status != specs.StateStopped || st.Bundle != bundle {
+		t.Fatalf("poststop hook's stdin: %s (%v)", b, err)
+	}
+	if c.Exists() {
+		t.Fatal("the state directory is left")
 	}
 }
 
