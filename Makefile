@@ -250,8 +250,11 @@ test-race: all
 	CGO_ENABLED=1 $(GO) test -count=1 -race ./virtio/... ./devices ./internal/ratelimit
 
 # The KVM packages again, inside the nested rig, where skipping is an error.
+# RIG_RUN, when set, is go test's -run filter (make test-rig
+# RIG_PKGS=./cmd/capsule RIG_RUN=TestOCI).
+RIG_RUN ?=
 test-rig: all images
-	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(RIG_PKGS)
+	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(if $(RIG_RUN),-run '$(RIG_RUN)') $(RIG_PKGS)
 
 # Fuzz targets run for a count of inputs, not a time: a duration-based
 # -fuzztime races Go's fuzz coordinator at its deadline and can fail with a
