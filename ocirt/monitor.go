@@ -54,6 +54,9 @@ type MonitorConfig struct {
 	// with its devices: the caller's chance to take powers away (the
 	// capabilities a VMM run as root does not need).
 	Confine func(devices []vmm.Device) error
+	// Lock is the container's lock (Container.Lock) that create took and
+	// handed down, held from then on; nil: the monitor takes it.
+	Lock *os.File
 }
 
 // ReadyOK is the line a monitor writes to MonitorConfig.Ready when the
@@ -89,9 +92,12 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 		cfg.Ready.Close()
 		return StatusFailed
 	}
-	lock, err := c.Lock()
-	if err != nil {
-		return fail(fmt.Errorf("container %s: monitor lock: %w", c.ID, err))
+	lock := cfg.Lock
+	if lock == nil {
+		var err error
+		if lock, err = c.Lock(); err != nil {
+			return fail(fmt.Errorf("container %s: monitor lock: %w", c.ID, err))
+		}
 	}
 	defer lock.Close() // last: the container is stopped from then on
 	// A reader gone away (conmon's pipes closed) must not kill the
@@ -100,6 +106,12 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 
 	st, err := c.Read()
 	if err != nil {
+		return fail(err)
+	}
+	// The monitor's pid is known from the start, so that delete --force
+	// can end a container still booting.
+	st.MonitorPid = os.Getpid()
+	if err := c.Write(st); err != nil {
 		return fail(err)
 	}
 	b, err := LoadBundle(st.Bundle)

@@ -192,8 +192,10 @@ func (c *Container) State() (State, error) {
 	return s, nil
 }
 
-// Lock takes the monitor's lock, for the monitor: held until the
-// returned file is closed (or the process ends, however it ends).
+// Lock takes the monitor's lock: held until the returned file is closed
+// (or the process ends, however it ends), by every process that has a
+// copy of it. create takes it and hands it to the monitor, so that the
+// container is alive (creating) from the start.
 func (c *Container) Lock() (*os.File, error) {
 	f, err := os.OpenFile(c.Path(lockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, privateMode)
 	if err != nil {

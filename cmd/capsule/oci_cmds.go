@@ -158,10 +158,11 @@ func ociDelete(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 		}
 		fallthrough
 	default:
-		if st.MonitorPid > 0 {
-			if err := syscall.Kill(st.MonitorPid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-				return fmt.Errorf("container %s: killing its monitor (pid %d): %w", c.ID, st.MonitorPid, err)
-			}
+		if st.MonitorPid <= 0 { // create has not started it yet
+			return fmt.Errorf("cannot delete container %s: it is being created", c.ID)
+		}
+		if err := syscall.Kill(st.MonitorPid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("container %s: killing its monitor (pid %d): %w", c.ID, st.MonitorPid, err)
 		}
 		if err := c.WaitMonitor(); err != nil {
 			return err

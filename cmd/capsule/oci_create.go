@@ -89,9 +89,14 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 
 	// The monitor: this executable again, in a session of its own, with
 	// this process's stdio (the container's), telling us on a pipe when
-	// the VM is up.
+	// the VM is up, holding the container's lock (taken here).
+	lock, err := c.Lock()
+	if err != nil {
+		return err
+	}
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
+		lock.Close()
 		return err
 	}
 	defer readyR.Close()
@@ -100,6 +105,7 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 		logPath, err := filepath.Abs(g.logPath)
 		if err != nil {
 			readyW.Close()
+			lock.Close()
 			return err
 		}
 		margs = append(margs, "--log", logPath)
@@ -110,11 +116,12 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	margs = append(margs, "monitor", "--kernel", images.Kernel, "--initrd", images.Initrd, c.ID)
 	cmd := exec.Command(self, margs...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.ExtraFiles = []*os.File{readyW, lock}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	readyW.Close()
+	lock.Close() // the monitor's now
 	if err != nil {
 		return fmt.Errorf("starting the container's monitor: %w", err)
 	}
@@ -188,7 +195,7 @@ func writePidFile(path string, pid int) error {
 
 // ociMonitor is the hidden monitor command that create starts: the
 // container's VMM, until the container has ended; its exit status is the
-// container's. Descriptor 3 is create's pipe.
+// container's. Descriptor 3 is create's pipe, 4 the container's lock.
 func ociMonitor(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	fs := ociFlags("monitor", stdout)
 	kernel := fs.String("kernel", "", "the guest kernel")
@@ -201,9 +208,9 @@ func ociMonitor(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ready := os.NewFile(3, "ready")
-	if ready == nil {
-		return errors.New("monitor: no descriptor 3 (the monitor is started by create)")
+	ready, lock := os.NewFile(3, "ready"), os.NewFile(4, "lock")
+	if ready == nil || lock == nil {
+		return errors.New("monitor: no descriptors 3 and 4 (the monitor is started by create)")
 	}
 	// Without --log, the monitor logs nothing: its stderr is the
 	// container's.
@@ -213,7 +220,7 @@ func ociMonitor(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	}
 	status := ocirt.RunMonitor(c, ocirt.MonitorConfig{
 		Kernel: *kernel, Initrd: *initrd, BootTimeout: *bootTimeout, Ready: ready,
-		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Log: log,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Log: log, Lock: lock,
 		// As capsule run --rootfs: root's powers go but for the
 		// shares' file ones, and the VMM's seccomp filter confines it
 		// (what the monitor does besides, writing its state file,
