@@ -344,7 +344,7 @@ func (m *monitor) start() (end int, err error) {
 
 // kill delivers sig to the container's process; a created container
 // (nothing started yet) ends with 128+sig (end; -1 otherwise), as runc's
-// does when its init is killed.
+// does when its init is killed by a signal whose default is to end it.
 func (m *monitor) kill(sig syscall.Signal) (end int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -352,6 +352,9 @@ func (m *monitor) kill(sig syscall.Signal) (end int, err error) {
 	case m.ending:
 		return -1, ErrNotRunning
 	case sig == 0:
+		return -1, nil
+	case m.process == nil && (sig == syscall.SIGCHLD || sig == syscall.SIGURG || sig == syscall.SIGWINCH || sig == syscall.SIGCONT):
+		// Ignored by default: the waiting process would not end.
 		return -1, nil
 	case m.process == nil:
 		m.ending = true
