@@ -95,18 +95,21 @@ images: deps $(IMG)/disk.ext4 $(IMG)/e2fsck
 
 # install: capsule and the two images it boots when no --kernel or
 # --initrd is given, where it looks for them (internal/guestimage):
-# $(PREFIX)/share/capsule next to $(PREFIX)/bin/capsule.
+# $(PREFIX)/share/capsule next to $(PREFIX)/bin/capsule; and capsule-oci,
+# a link to capsule that is its OCI runtime (capsule oci) under runc's
+# command line, for podman --runtime and containerd's runc shim.
 PREFIX ?= /usr/local
 DESTDIR ?=
 SHAREDIR = $(PREFIX)/share/capsule
 install: bin/capsule default-images
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHAREDIR)
 	install -m 0755 bin/capsule $(DESTDIR)$(PREFIX)/bin/capsule
+	ln -sf capsule $(DESTDIR)$(PREFIX)/bin/capsule-oci
 	install -m 0644 $(IMG)/default.vmlinux $(DESTDIR)$(SHAREDIR)/vmlinux
 	install -m 0644 $(IMG)/agent.cpio.gz $(DESTDIR)$(SHAREDIR)/agent.cpio.gz
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/capsule $(DESTDIR)$(SHAREDIR)/vmlinux $(DESTDIR)$(SHAREDIR)/agent.cpio.gz
+	rm -f $(DESTDIR)$(PREFIX)/bin/capsule $(DESTDIR)$(PREFIX)/bin/capsule-oci $(DESTDIR)$(SHAREDIR)/vmlinux $(DESTDIR)$(SHAREDIR)/agent.cpio.gz
 	-rmdir $(DESTDIR)$(SHAREDIR) 2>/dev/null
 
 # default-images: the default kernel (default.vmlinux, default.bzImage) and
@@ -251,8 +254,11 @@ test-race: all
 	CGO_ENABLED=1 $(GO) test -count=1 -race ./virtio/... ./devices ./internal/ratelimit
 
 # The KVM packages again, inside the nested rig, where skipping is an error.
+# RIG_RUN, when set, is go test's -run filter (make test-rig
+# RIG_PKGS=./cmd/capsule RIG_RUN=TestOCI).
+RIG_RUN ?=
 test-rig: all images
-	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(RIG_PKGS)
+	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(if $(RIG_RUN),-run '$(RIG_RUN)') $(RIG_PKGS)
 
 # Fuzz targets run for a count of inputs, not a time: a duration-based
 # -fuzztime races Go's fuzz coordinator at its deadline and can fail with a

@@ -78,6 +78,12 @@ type Config struct {
 	// RuntimeDir()/Name, and one VM of a name runs at a time. Empty: a
 	// fresh directory under os.TempDir().
 	Name string
+	// Dir, when set (and no Name is), is the VM's private directory
+	// instead: New makes it (it must not exist; its parent must) and
+	// Close removes it. An OCI runtime puts it in its container's state
+	// directory, so that deleting the container removes what a killed
+	// VMM left there.
+	Dir string
 }
 
 // RuntimeDir is where named VMs keep their directories:
@@ -130,7 +136,11 @@ func Dial(ctx context.Context, name string) (*agent.Client, error) {
 
 // AgentSocket is the socket through which the agent of the VM called
 // name is reached (see Dial).
-func AgentSocket(name string) string { return filepath.Join(RuntimeDir(), name, "vsock") }
+func AgentSocket(name string) string { return SocketIn(filepath.Join(RuntimeDir(), name)) }
+
+// SocketIn is the agent's socket of the VM whose private directory is
+// dir (Config.Dir).
+func SocketIn(dir string) string { return filepath.Join(dir, "vsock") }
 
 // privateDir makes the VM's directory: a fresh temporary one, or
 // RuntimeDir()/name, replacing one a VM of that name left behind when it
@@ -236,7 +246,19 @@ func New(cfg Config) (*VM, error) {
 			return nil, fmt.Errorf("volume %s:%s: the guest path must be absolute and not /", v.HostDir, v.Path)
 		}
 	}
-	dir, lock, err := privateDir(cfg.Name)
+	var (
+		dir  string
+		lock *os.File
+		err  error
+	)
+	switch {
+	case cfg.Dir != "" && cfg.Name != "":
+		return nil, errors.New("sandbox: a VM has a Name or a Dir, not both")
+	case cfg.Dir != "":
+		dir, err = cfg.Dir, os.Mkdir(cfg.Dir, 0o700)
+	default:
+		dir, lock, err = privateDir(cfg.Name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
@@ -248,7 +270,7 @@ func New(cfg Config) (*VM, error) {
 	}
 	devs := []vmm.Device{
 		vmm.Share{HostDir: cfg.Root, Tag: RootTag, ReadOnly: cfg.RootReadOnly},
-		vmm.Vsock{CID: guestCID, Path: filepath.Join(dir, "vsock")},
+		vmm.Vsock{CID: guestCID, Path: SocketIn(dir)},
 		vmm.RNG{},
 	}
 	for i, v := range cfg.Volumes {
@@ -311,7 +333,7 @@ func (v *VM) Start(ctx context.Context) error {
 		case <-dialCtx.Done():
 		}
 	}()
-	c, err := agent.Dial(dialCtx, agent.HybridDialer(filepath.Join(v.dir, "vsock")))
+	c, err := agent.Dial(dialCtx, agent.HybridDialer(SocketIn(v.dir)))
 	if err != nil {
 		return v.bootErr(ctx, err)
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ var commands = []command{
 	{"bench", "boot a kernel repeatedly and report boot times, side by side with QEMU", cmdBench},
 	{"probe", "say what kind of KVM this host has and what will work", cmdProbe},
 	{"version", "print capsule's version (also capsule --version)", cmdVersion},
+	{"oci", "the OCI runtime: runc's command line, each container in a micro-VM (also capsule-oci)", cmdOCI},
 }
 
 func usage(w io.Writer) {
@@ -83,7 +85,11 @@ func main() {
 	// capsule's own messages never hold up its exit: a stderr nobody
 	// reads (a full pipe) gets a second, then loses what follows.
 	stopProfile := startProfile()
-	status := mainStatus(os.Args[1:], os.Stdout, newTimedWriter(os.Stderr, time.Second))
+	args := os.Args[1:]
+	if filepath.Base(os.Args[0]) == ociName {
+		args = append([]string{"oci"}, args...)
+	}
+	status := mainStatus(args, os.Stdout, newTimedWriter(os.Stderr, time.Second))
 	stopProfile()
 	os.Exit(status)
 }
