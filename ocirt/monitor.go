@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/capsule-vm/capsule/agent"
+	"github.com/capsule-vm/capsule/internal/tail"
 	"github.com/capsule-vm/capsule/sandbox"
 	"github.com/capsule-vm/capsule/vmm"
 )
@@ -131,12 +132,12 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 	}
 	proc.ShutdownOnExit = true
 
-	tail := &tailWriter{max: 8 << 10}
+	consoleTail := &tail.Writer{Max: 8 << 10}
 	sb, err := sandbox.New(sandbox.Config{
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd,
 		CPUs: vmc.CPUs, MemoryMiB: vmc.MemoryMiB,
 		Root: vmc.Root, RootReadOnly: vmc.RootReadOnly, Volumes: vmc.Volumes, Hostname: vmc.Hostname,
-		Console: tail, Log: tail, Dir: c.VMDir(),
+		Console: consoleTail, Log: consoleTail, Dir: c.VMDir(),
 	})
 	if err != nil {
 		return fail(err)
@@ -159,7 +160,7 @@ func RunMonitor(c *Container, cfg MonitorConfig) int {
 	err = sb.Start(ctx)
 	cancel()
 	if err != nil {
-		if t := tail.String(); t != "" {
+		if t := strings.TrimSpace(string(consoleTail.Bytes())); t != "" {
 			cfg.Log.Errorf("container %s: the guest console's last output: %s", c.ID, t)
 		}
 		return fail(err)
@@ -371,26 +372,3 @@ func (m *monitor) kill(sig syscall.Signal) (end int, err error) {
 
 // oneLine joins the lines of s.
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-// tailWriter keeps the last max bytes written to it.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
-}

@@ -19,6 +19,7 @@ import (
 	"github.com/capsule-vm/capsule/agent"
 	"github.com/capsule-vm/capsule/internal/guestimage"
 	"github.com/capsule-vm/capsule/internal/proc"
+	"github.com/capsule-vm/capsule/internal/tail"
 	"github.com/capsule-vm/capsule/jail"
 	"github.com/capsule-vm/capsule/ociimage"
 	"github.com/capsule-vm/capsule/sandbox"
@@ -185,8 +186,8 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 	spec.Env = mergeEnv(env, sf.env, u.Home, sf.tty)
 
 	var console io.Writer
-	tail := &tailWriter{max: 16 << 10}
-	console = tail
+	consoleTail := &tail.Writer{Max: 16 << 10}
+	console = consoleTail
 	if verbose {
 		console = stderr
 	}
@@ -232,7 +233,7 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		if ctx.Err() != nil {
 			return causeOr(ctx, err, stderr)
 		}
-		showTail(stderr, tail, verbose)
+		showTail(stderr, consoleTail, verbose)
 		return err
 	}
 	ready := proc.Since()
@@ -258,7 +259,7 @@ func runSandbox(sf *sandboxFlags, cfg vmm.Config, args []string, timeout time.Du
 		fmt.Fprintf(stderr, "capsule: --timeout %v expired\n", timeout)
 		return exitError{statusTimeout}
 	case err != nil:
-		return sandboxEnd(sb, err, tail, verbose, stderr)
+		return sandboxEnd(sb, err, consoleTail, verbose, stderr)
 	}
 	exited := proc.Since()
 	sb.Stop(2 * time.Second)
@@ -386,7 +387,7 @@ func runProcess(ctx context.Context, c *agent.Client, spec agent.ProcessSpec, sf
 
 // sandboxEnd reports an agent error: when the guest has stopped, how it
 // stopped (with its status when it was a crash or a panic), else err.
-func sandboxEnd(sb *sandbox.VM, err error, tail *tailWriter, verbose bool, stderr io.Writer) error {
+func sandboxEnd(sb *sandbox.VM, err error, kept *tail.Writer, verbose bool, stderr io.Writer) error {
 	if errors.Is(err, agent.ErrAgentLost) {
 		t := time.NewTimer(2 * time.Second)
 		select {
@@ -397,7 +398,7 @@ func sandboxEnd(sb *sandbox.VM, err error, tail *tailWriter, verbose bool, stder
 	}
 	select {
 	case <-sb.Done():
-		showTail(stderr, tail, verbose)
+		showTail(stderr, kept, verbose)
 		res, _ := sb.Result()
 		fmt.Fprintf(stderr, "capsule: the guest stopped before the program's end was reported: %s\n", sb.Ended())
 		switch res.Reason {
@@ -408,7 +409,7 @@ func sandboxEnd(sb *sandbox.VM, err error, tail *tailWriter, verbose bool, stder
 	default:
 	}
 	if errors.Is(err, agent.ErrAgentLost) {
-		showTail(stderr, tail, verbose)
+		showTail(stderr, kept, verbose)
 		fmt.Fprintf(stderr, "capsule: %v\n", err)
 		return exitError{statusAgentLost}
 	}
@@ -417,11 +418,11 @@ func sandboxEnd(sb *sandbox.VM, err error, tail *tailWriter, verbose bool, stder
 
 // showTail prints the guest console's last lines after a failure (when -v
 // has not shown them already).
-func showTail(stderr io.Writer, tail *tailWriter, verbose bool) {
+func showTail(stderr io.Writer, kept *tail.Writer, verbose bool) {
 	if verbose {
 		return
 	}
-	if b := tail.Bytes(); len(b) > 0 {
+	if b := kept.Bytes(); len(b) > 0 {
 		fmt.Fprintf(stderr, "capsule: the guest console's last output:\n%s", b)
 		if b[len(b)-1] != '\n' {
 			fmt.Fprintln(stderr)
@@ -482,30 +483,6 @@ func parseVolumes(vals []string) ([]sandbox.Volume, error) {
 		vols = append(vols, vol)
 	}
 	return vols, nil
-}
-
-// tailWriter keeps the last max bytes written to it.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-// Bytes is what was kept.
-func (t *tailWriter) Bytes() []byte {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return append([]byte(nil), t.buf...)
 }
 
 // breakdown is where the time of capsule run --rootfs/--image went, each
