@@ -202,8 +202,10 @@ bench-console: deps all images
 BENCH_FS_RUNS ?= 3
 BENCH_FS_CACHES ?= loose mmap
 BENCH_FS_MSIZE ?= 512000
+BENCH_FS_MIB ?= 256
+BENCH_FS_FILES ?= 10000
 BENCH_FS_ARGS = bench --kernel $(CURDIR)/$(IMG)/default.bzImage --initrd $(CURDIR)/$(IMG)/initramfs.cpio.gz \
-	--runs $(BENCH_FS_RUNS) --against qemu --timeout 300s --workload fs
+	--runs $(BENCH_FS_RUNS) --against qemu --timeout 300s --workload fs --fs-mib $(BENCH_FS_MIB) --fs-files $(BENCH_FS_FILES)
 bench-fs: deps all images
 	@export CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} CAPSULE_RIG_TIMEOUT=$${CAPSULE_RIG_TIMEOUT:-40m} \
 		CAPSULE_RIG_CPUS=$${CAPSULE_RIG_CPUS:-1}; \
