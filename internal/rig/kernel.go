@@ -241,12 +241,35 @@ func downloadKernel(ctx context.Context, kdir, pkg string, log *logger) (kernel,
 	}
 	id := debID(filepath.Base(deb), pkg)
 	k := kernel{dir: filepath.Join(kdir, id), id: id}
-	os.RemoveAll(k.dir) // an incomplete one from an older rig
-	if err := os.Rename(staged, k.dir); err != nil {
+	if err := publishKernel(staged, k.dir); err != nil {
 		return kernel{}, fmt.Errorf("publish kernel %s: %w", id, err)
 	}
 	log.verbosef("fetched %s in %.1fs", id, time.Since(start).Seconds())
 	return k, nil
+}
+
+// publishKernel renames the staged directory to dir. When dir exists
+// (staged by an older rig with fewer modules, and perhaps in use by a rig
+// running now) it only moves the files dir lacks into it, each by an
+// atomic rename, so that its files never go missing.
+func publishKernel(staged, dir string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return os.Rename(staged, dir)
+	}
+	entries, err := os.ReadDir(staged)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		dst := filepath.Join(dir, e.Name())
+		if exists(dst) {
+			continue
+		}
+		if err := os.Rename(filepath.Join(staged, e.Name()), dst); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // aptDownload runs apt-get download in dir and returns the .deb's path.

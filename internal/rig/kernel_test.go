@@ -88,3 +88,40 @@ func TestResolveKernelPinnedAndMemo(t *testing.T) {
 		t.Errorf("memo: %q, %v", pkg, err)
 	}
 }
+
+// TestPublishKernelKeepsExisting checks that a kernel staged again with
+// more modules only gains the files it lacked: files that a rig running
+// now may open never go missing.
+func TestPublishKernelKeepsExisting(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "linux-image-a_1")
+	staged := t.TempDir()
+	for name, data := range map[string]string{"vmlinuz": "old", "stock-modules.cpio": "kept"} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, data := range map[string]string{"vmlinuz": "new", "fuse.ko": "module"} {
+		if err := os.WriteFile(filepath.Join(staged, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := publishKernel(staged, dir); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"vmlinuz": "old", "stock-modules.cpio": "kept", "fuse.ko": "module"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != want {
+			t.Errorf("%s: %q, %v; want %q", name, b, err, want)
+		}
+	}
+	// A fresh kernel directory is the staged one.
+	fresh := filepath.Join(t.TempDir(), "linux-image-b_1")
+	if err := publishKernel(staged, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(filepath.Join(fresh, "vmlinuz")) {
+		t.Error("fresh kernel directory lacks vmlinuz")
+	}
+}
