@@ -32,6 +32,10 @@ type Image struct {
 	QEMU string
 	// KernelID names the kernel package and version the image comes from.
 	KernelID string
+
+	// hostRoot are the module files the per-run archive adds when
+	// Config.HostRoot is set.
+	hostRoot []baseInput
 }
 
 // Prepare returns the cached image for cfg, fetching the kernel and
@@ -67,6 +71,9 @@ func prepare(ctx context.Context, cfg Config, log *logger) (Image, error) {
 	}
 	if err := buildBase(ctx, cfg, img.Base, inputs, log); err != nil {
 		return Image{}, err
+	}
+	if cfg.HostRoot {
+		img.hostRoot = hostRootInputs(k)
 	}
 	if cfg.QEMU {
 		if img.QEMU, err = prepareQEMU(ctx, cfg, log); err != nil {

@@ -42,6 +42,7 @@ var StockGuestModules = []struct{ Name, Path string }{
 // stagedModules are the names and paths of every module staged.
 func stagedModules() []struct{ name, path string } {
 	all := append([]struct{ name, path string }(nil), guestModules...)
+	all = append(all, hostRootModules...)
 	for _, m := range StockGuestModules {
 		all = append(all, struct{ name, path string }{m.Name, m.Path})
 	}

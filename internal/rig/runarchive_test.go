@@ -33,7 +33,7 @@ func TestRunArchive(t *testing.T) {
 	}
 	cfg := Config{Binary: binary, Dir: filepath.Join(root, "pkg")}
 	var buf bytes.Buffer
-	if err := writeRunArchive(&buf, cfg, "RIG_TAG=x\n"); err != nil {
+	if err := writeRunArchive(&buf, cfg, nil, "RIG_TAG=x\n"); err != nil {
 		t.Fatal(err)
 	}
 	list, err := cpio.ParseAll(buf.Bytes())
@@ -93,7 +93,7 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeInitrd(&buf, []string{base}, Config{Binary: binary, Dir: dir}, ""); err != nil {
+	if err := writeInitrd(&buf, []string{base}, nil, Config{Binary: binary, Dir: dir}, ""); err != nil {
 		t.Fatal(err)
 	}
 	b := buf.Bytes()
@@ -110,7 +110,7 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf.Reset()
-	if err := writeInitrd(&buf, []string{base, qemu}, Config{Binary: binary, Dir: dir}, ""); err != nil {
+	if err := writeInitrd(&buf, []string{base, qemu}, nil, Config{Binary: binary, Dir: dir}, ""); err != nil {
 		t.Fatal(err)
 	}
 	b = buf.Bytes()
