@@ -85,11 +85,15 @@
 // /dev (with /dev/kvm, a new devpts instance at /dev/pts and a tmpfs at
 // /dev/shm), an empty tmpfs at /run, and the guest's own /tmp; then it
 // binds the per-run archive's paths outside /tmp (the test binary, the
-// working directory and the module trees above) over the host's, so the
-// test sees the same files as in the normal mode. The test runs chrooted
-// there, through the host's /bin/sh, with PATH=/usr/local/sbin:
-// /usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin and the usual environment.
-// Everything it writes (/etc, /var, /usr...) lands in the tmpfs, in guest
+// working directory, the module's testdata and bin) over the host's, so
+// the test sees the same files as in the normal mode. The kernel package's
+// whole module tree, kept in the cache and indexed by busybox depmod,
+// appears through the share at /lib/modules/<version>, in the guest and in
+// the overlay, and the guest's busybox modprobe is the kernel's: modules
+// load on demand (ip link add ... type veth or bridge, nf_tables). This
+// needs the cache on the host's root filesystem. The test runs chrooted
+// there, through the host's /bin/sh, with Debian's PATH for root
+// (/usr/local/sbin to /bin) and the usual environment. Everything it writes (/etc, /var, /usr...) lands in the tmpfs, in guest
 // RAM (CAPSULE_RIG_MEM), and is gone when the guest stops: no write
 // reaches the host, whose files the guest cannot write even by remounting
 // the share. The test binary need not be static in this mode: the host's
@@ -122,11 +126,12 @@
 // # Cache
 //
 // The kernel package is fetched with apt-get download and unpacked with
-// dpkg-deb -x, without installing it; only vmlinuz and the modules the rig
-// and the test guests load are kept, in <cache>/kernel/<package>_<version>
-// (FetchKernel exports this, for internal/images' stock kernel); a kernel
-// staged by an older rig with fewer modules is fetched again once and only
-// gains the missing files. The base archive is kept as
+// dpkg-deb -x, without installing it; vmlinuz, the modules the rig and the
+// test guests load, and the package's module tree (lib/modules/<version>,
+// about 90 MB, indexed by busybox depmod) are kept, in
+// <cache>/kernel/<package>_<version> (FetchKernel exports this, for
+// internal/images' stock kernel); a kernel staged by an older rig is
+// fetched again once and only gains the files it lacked. The base archive is kept as
 // <cache>/base-<hash>.cpio.gz, keyed by a hash of its inputs. Both are built
 // under an flock on <cache>/lock and published by an atomic rename, so
 // several rigs (go test -p) can run at once. Per-run files live in a private

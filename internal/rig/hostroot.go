@@ -79,7 +79,21 @@ var hostRootSetup = `rig_setup() {
 	mount -t tmpfs -o mode=1777 tmpfs $r/dev/shm || fail "mount of $r/dev/shm failed"
 	mount -t tmpfs -o mode=755 tmpfs $r/run || fail "mount of $r/run failed"
 	mount --rbind /tmp $r/tmp || fail "bind of /tmp failed"
+	rig_modules
 	rig_binds
+}
+# rig_modules makes the kernel's whole module tree, in the rig's cache on
+# the host, /lib/modules/<version> in the guest and in the overlay, and
+# busybox's modprobe the kernel's: modules then load on demand (veth,
+# bridge, nf_tables...). Skipped when the cache is not on the host's root
+# filesystem.
+rig_modules() {
+	[ -n "$RIG_MODULES" ] && [ -f "` + hostRootLower + `$RIG_MODULES/modules.dep" ] || return 0
+	v=${RIG_MODULES##*/}
+	mkdir -p /lib/modules/$v $r/lib/modules/$v
+	mount --bind "` + hostRootLower + `$RIG_MODULES" /lib/modules/$v &&
+		mount --bind "` + hostRootLower + `$RIG_MODULES" $r/lib/modules/$v || fail "bind of the module tree failed"
+	echo /bin/modprobe >/proc/sys/kernel/modprobe
 }
 # rig_bind lays a path of the per-run archive over the host's root.
 rig_bind() {
@@ -118,11 +132,13 @@ func hostRootBinds(cfg Config) []string {
 	return binds
 }
 
-// hostRootScript returns the host-root part of the run script: rig_setup,
-// rig_bind, rig_binds and rig_test, which runs the test chrooted in the
-// overlay, in dir, through the host's /bin/sh.
-func hostRootScript(cfg Config, vars []string) string {
+// hostRootScript returns the host-root part of the run script:
+// RIG_MODULES (moduleTree), rig_setup, rig_modules, rig_bind, rig_binds
+// and rig_test, which runs the test chrooted in the overlay, in its
+// directory, through the host's /bin/sh.
+func hostRootScript(cfg Config, vars []string, moduleTree string) string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "RIG_MODULES=%s\n", shellQuote(moduleTree))
 	b.WriteString(hostRootSetup)
 	b.WriteString("rig_binds() {\n\t:\n")
 	for _, p := range hostRootBinds(cfg) {

@@ -39,12 +39,13 @@ func TestHostRootBinds(t *testing.T) {
 func TestHostRootRunScript(t *testing.T) {
 	cfg := Config{Binary: "/tmp/go-build1/b001/x.test", Dir: "/work/m/pkg", Args: []string{"-test.v"}, HostRoot: true,
 		Env: []string{"CAPSULE_X=it's"}}
-	script := runScript("capsule-rig-tag", cfg)
+	script := runScript("capsule-rig-tag", cfg, "/cache/kernel/k/lib/modules/6.1.0-1-cloud-amd64")
 	if out, err := exec.Command("/bin/sh", "-n", "-c", script).CombinedOutput(); err != nil {
 		t.Fatalf("sh -n: %v\n%s\nscript:\n%s", err, out, script)
 	}
 	for _, want := range []string{
 		"rig_bind /work/m/pkg\n",
+		"RIG_MODULES=/cache/kernel/k/lib/modules/6.1.0-1-cloud-amd64\n",
 		"PATH=" + hostRootPath,
 		"/bin/chroot " + hostRootMerged + " /bin/sh -c",
 		"insmod " + hostRootModuleDir + "/$m.ko",
@@ -59,7 +60,7 @@ func TestHostRootRunScript(t *testing.T) {
 	}
 	// The default mode's rig_setup does nothing.
 	cfg.HostRoot = false
-	if script := runScript("capsule-rig-tag", cfg); !strings.Contains(script, "rig_setup() { :; }") || strings.Contains(script, "chroot") {
+	if script := runScript("capsule-rig-tag", cfg, "/cache/kernel/k/lib/modules/6.1.0-1-cloud-amd64"); !strings.Contains(script, "rig_setup() { :; }") || strings.Contains(script, "chroot") {
 		t.Errorf("default run script:\n%s", script)
 	}
 }
@@ -133,6 +134,9 @@ func TestRigHostRoot(t *testing.T) {
 		if _, err := exec.LookPath(tool.name); err == nil {
 			tools = append(tools, tool.name)
 		}
+	}
+	if _, err := exec.LookPath("ip"); err == nil {
+		tools = append(tools, "ip")
 	}
 	t.Logf("host tools to run in the guest: %v", tools)
 	dir, err := os.Getwd()
@@ -227,6 +231,23 @@ func TestHostRootHelper(t *testing.T) {
 	}
 	if err := checkKVM(); err != nil {
 		t.Error(err)
+	}
+	// The kernel loads veth and bridge (with stp and llc) on demand.
+	if slices.Contains(strings.Fields(os.Getenv(hostRootToolsEnv)), "ip") {
+		for _, link := range [][]string{
+			{"link", "add", "capsule-v0", "type", "veth", "peer", "name", "capsule-v1"},
+			{"link", "add", "capsule-br0", "type", "bridge"},
+		} {
+			if out, err := exec.Command("ip", link...).CombinedOutput(); err != nil {
+				t.Errorf("ip %s: %v\n%s", strings.Join(link, " "), err, out)
+			}
+		}
+		for _, m := range []string{"veth", "bridge"} {
+			if _, err := os.Stat("/sys/module/" + m); err != nil {
+				t.Errorf("module %s: %v", m, err)
+			}
+		}
+		fmt.Println("hostroot helper: veth and bridge loaded on demand")
 	}
 	// Writes land in the overlay's tmpfs.
 	etcProbe := "/etc/" + probe

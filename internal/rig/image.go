@@ -34,8 +34,10 @@ type Image struct {
 	KernelID string
 
 	// hostRoot are the module files the per-run archive adds when
-	// Config.HostRoot is set.
-	hostRoot []baseInput
+	// Config.HostRoot is set; moduleTree is the host path of the kernel's
+	// whole module tree, which the guest finds through the share.
+	hostRoot   []baseInput
+	moduleTree string
 }
 
 // Prepare returns the cached image for cfg, fetching the kernel and
@@ -74,6 +76,7 @@ func prepare(ctx context.Context, cfg Config, log *logger) (Image, error) {
 	}
 	if cfg.HostRoot {
 		img.hostRoot = hostRootInputs(k)
+		img.moduleTree = k.moduleTree()
 	}
 	if cfg.QEMU {
 		if img.QEMU, err = prepareQEMU(ctx, cfg, log); err != nil {

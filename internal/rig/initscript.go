@@ -71,8 +71,9 @@ func newTag() (string, error) {
 
 // runScript returns the per-run script sourced by /init: it sets RIG_TAG
 // and RIG_DIR and defines rig_setup, which /init runs after its own setup,
-// and rig_test, which runs the test.
-func runScript(tag string, cfg Config) string {
+// and rig_test, which runs the test. moduleTree is the host path of the
+// kernel's module tree, for the host-root mode.
+func runScript(tag string, cfg Config, moduleTree string) string {
 	path := guestPath
 	if cfg.HostRoot {
 		path = hostRootPath
@@ -88,7 +89,7 @@ func runScript(tag string, cfg Config) string {
 	fmt.Fprintf(&b, "RIG_TAG=%s\n", shellQuote(tag))
 	fmt.Fprintf(&b, "RIG_DIR=%s\n", shellQuote(cfg.Dir))
 	if cfg.HostRoot {
-		b.WriteString(hostRootScript(cfg, vars))
+		b.WriteString(hostRootScript(cfg, vars, moduleTree))
 		return b.String()
 	}
 	b.WriteString("rig_setup() { :; }\n")

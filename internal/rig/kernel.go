@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -58,10 +59,21 @@ type kernel struct {
 func (k kernel) vmlinuz() string           { return filepath.Join(k.dir, "vmlinuz") }
 func (k kernel) module(name string) string { return filepath.Join(k.dir, name+".ko") }
 
-// complete reports whether the cached kernel has vmlinuz and every guest
-// module.
+// moduleTree returns the kernel's whole module tree,
+// <dir>/lib/modules/<version> with the modules.dep, modules.alias and
+// modules.symbols of busybox depmod, or "" when it has none.
+func (k kernel) moduleTree() string {
+	m, _ := filepath.Glob(filepath.Join(k.dir, "lib", "modules", "*", "modules.dep"))
+	if len(m) != 1 {
+		return ""
+	}
+	return filepath.Dir(m[0])
+}
+
+// complete reports whether the cached kernel has vmlinuz, every staged
+// module and the module tree.
 func (k kernel) complete() bool {
-	if !exists(k.vmlinuz()) {
+	if !exists(k.vmlinuz()) || k.moduleTree() == "" {
 		return false
 	}
 	for _, m := range stagedModules() {
@@ -237,7 +249,7 @@ func downloadKernel(ctx context.Context, kdir, pkg string, log *logger) (kernel,
 		return kernel{}, fmt.Errorf("dpkg-deb -x %s: %w\n%s", filepath.Base(deb), err, tail(out, 10))
 	}
 	staged := filepath.Join(tmp, "out")
-	if err := stageKernel(tree, staged); err != nil {
+	if err := stageKernel(ctx, tree, staged); err != nil {
 		return kernel{}, fmt.Errorf("unpack %s: %w", pkg, err)
 	}
 	id := debID(filepath.Base(deb), pkg)
@@ -300,9 +312,11 @@ func debID(file, pkg string) string {
 	return strings.ReplaceAll(s, "%3a", "_")
 }
 
-// stageKernel copies vmlinuz and the staged modules out of the unpacked
-// package tree into dst.
-func stageKernel(tree, dst string) error {
+// stageKernel moves vmlinuz and the package's module tree out of the
+// unpacked package tree into dst (the tree to dst/lib/modules/<version>,
+// where busybox depmod indexes it, for the host-root mode's modprobe) and
+// links the staged modules as dst/<name>.ko.
+func stageKernel(ctx context.Context, tree, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
 	}
@@ -313,16 +327,45 @@ func stageKernel(tree, dst string) error {
 	if err := os.Rename(vmlinuz, filepath.Join(dst, "vmlinuz")); err != nil {
 		return err
 	}
+	modules, err := findModuleTree(tree)
+	if err != nil {
+		return err
+	}
+	version := filepath.Base(modules)
+	if err := os.MkdirAll(filepath.Join(dst, "lib", "modules"), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(modules, filepath.Join(dst, "lib", "modules", version)); err != nil {
+		return err
+	}
 	for _, m := range stagedModules() {
-		src, err := findModule(tree, m.path)
+		src, err := findModule(dst, m.path)
 		if err != nil {
 			return err
 		}
-		if err := os.Rename(src, filepath.Join(dst, m.name+".ko")); err != nil {
+		if err := os.Link(src, filepath.Join(dst, m.name+".ko")); err != nil {
 			return err
 		}
 	}
+	busybox, err := staticBusybox()
+	if err != nil {
+		return err
+	}
+	if out, err := exec.CommandContext(ctx, busybox, "depmod", "-b", dst, version).CombinedOutput(); err != nil {
+		return fmt.Errorf("busybox depmod: %w\n%s", err, tail(out, 10))
+	}
 	return nil
+}
+
+// findModuleTree finds the one lib/modules/<version> (or below usr/) of
+// the tree.
+func findModuleTree(tree string) (string, error) {
+	for _, prefix := range []string{"lib", "usr/lib"} {
+		if m, _ := filepath.Glob(filepath.Join(tree, prefix, "modules", "*", "kernel")); len(m) == 1 {
+			return filepath.Dir(m[0]), nil
+		}
+	}
+	return "", errors.New("no lib/modules/<version>/kernel in the kernel package")
 }
 
 // findModule finds lib/modules/*/<rel> (or below usr/) in the tree.

@@ -46,13 +46,14 @@ func TestCachedKernel(t *testing.T) {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		files := []string{"vmlinuz"}
+		files := []string{"vmlinuz", "lib/modules/6.1.0-1-cloud-amd64/modules.dep"}
 		for _, m := range stagedModules() {
 			if name != "linux-image-b_2" || m.name != "tun" {
 				files = append(files, m.name+".ko")
 			}
 		}
 		for _, f := range files {
+			os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755)
 			if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -123,5 +124,38 @@ func TestPublishKernelKeepsExisting(t *testing.T) {
 	}
 	if !exists(filepath.Join(fresh, "vmlinuz")) {
 		t.Error("fresh kernel directory lacks vmlinuz")
+	}
+}
+
+// TestStageKernel stages a fake unpacked package: vmlinuz, the module tree
+// indexed by busybox depmod, and the staged modules linked from it.
+func TestStageKernel(t *testing.T) {
+	if _, err := staticBusybox(); err != nil {
+		t.Skip(err)
+	}
+	tree := t.TempDir()
+	const version = "6.1.0-1-cloud-amd64"
+	files := map[string]string{"boot/vmlinuz-" + version: "kernel"}
+	for _, m := range stagedModules() {
+		files["lib/modules/"+version+"/"+m.path] = m.name
+	}
+	files["lib/modules/"+version+"/kernel/drivers/net/veth.ko"] = "veth"
+	makeTree(t, tree, files)
+	dst := filepath.Join(t.TempDir(), "out")
+	if err := stageKernel(t.Context(), tree, dst); err != nil {
+		t.Fatal(err)
+	}
+	k := kernel{dir: dst}
+	if !k.complete() {
+		t.Fatal("staged kernel is not complete")
+	}
+	if got, want := k.moduleTree(), filepath.Join(dst, "lib/modules", version); got != want {
+		t.Errorf("module tree %s, want %s", got, want)
+	}
+	if b, err := os.ReadFile(filepath.Join(k.moduleTree(), "kernel/drivers/net/veth.ko")); err != nil || string(b) != "veth" {
+		t.Errorf("veth.ko: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(k.module("kvm-amd")); err != nil || string(b) != "kvm-amd" {
+		t.Errorf("kvm-amd.ko: %q, %v", b, err)
 	}
 }

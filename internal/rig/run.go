@@ -144,7 +144,7 @@ func buildInitrd(name string, img Image, cfg Config, tag string) error {
 	if err != nil {
 		return fmt.Errorf("create initrd: %w", err)
 	}
-	script := runScript(tag, cfg)
+	script := runScript(tag, cfg, img.moduleTree)
 	if err := writeInitrd(f, img.archives(), img.hostRoot, cfg, script); err != nil {
 		f.Close()
 		return fmt.Errorf("build initrd: %w", err)
