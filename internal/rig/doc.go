@@ -83,7 +83,9 @@
 // directories are in a tmpfs (/hostroot/rw), at /hostroot/root. In the
 // overlay it mounts proc, sysfs, cgroup2 at /sys/fs/cgroup, devtmpfs at
 // /dev (with /dev/kvm, a new devpts instance at /dev/pts and a tmpfs at
-// /dev/shm), an empty tmpfs at /run, and the guest's own /tmp; then it
+// /dev/shm), an empty tmpfs at /run, securityfs, a tmpfs at
+// /var/lib/containers (overlayfs cannot be the upper layer of podman's
+// overlay storage), and the guest's own /tmp; then it
 // binds the per-run archive's paths outside /tmp (the test binary, the
 // working directory, the module's testdata and bin) over the host's, so
 // the test sees the same files as in the normal mode. The kernel package's

@@ -57,8 +57,8 @@ const hostRootPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 // hostRootSetup is the run script's rig_setup in the host-root mode. It
 // loads hostRootModules, mounts the host's root read-only with virtio-fs
 // and a tmpfs overlay on top, and mounts proc, sysfs, cgroup2, devtmpfs
-// (with /dev/pts and /dev/shm), a fresh /run and the rig's own /tmp in the
-// overlay. rig_bind then lays the per-run archive's paths over it.
+// (with /dev/pts and /dev/shm), a fresh /run, securityfs, a tmpfs at
+// /var/lib/containers and the rig's own /tmp in the overlay. rig_bind then lays the per-run archive's paths over it.
 var hostRootSetup = `rig_setup() {
 	for m in ` + moduleNames(hostRootModules) + `; do
 		insmod ` + hostRootModuleDir + `/$m.ko || fail "insmod $m.ko failed"
@@ -78,6 +78,11 @@ var hostRootSetup = `rig_setup() {
 	mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts $r/dev/pts || fail "mount of $r/dev/pts failed"
 	mount -t tmpfs -o mode=1777 tmpfs $r/dev/shm || fail "mount of $r/dev/shm failed"
 	mount -t tmpfs -o mode=755 tmpfs $r/run || fail "mount of $r/run failed"
+	mount -t securityfs securityfs $r/sys/kernel/security || fail "mount of $r/sys/kernel/security failed"
+	# Container storage cannot be in the overlay: overlayfs is no upper
+	# layer for another overlay (podman's overlay driver).
+	mkdir -p $r/var/lib/containers
+	mount -t tmpfs -o mode=700 tmpfs $r/var/lib/containers || fail "mount of $r/var/lib/containers failed"
 	mount --rbind /tmp $r/tmp || fail "bind of /tmp failed"
 	rig_modules
 	rig_binds

@@ -213,6 +213,11 @@ func TestHostRootHelper(t *testing.T) {
 	if err != nil || !strings.Contains(string(mounts), "overlay / overlay ") {
 		t.Errorf("/ is not the overlay: %v\n%s", err, mounts)
 	}
+	for _, want := range []string{"tmpfs /var/lib/containers tmpfs ", "cgroup2 /sys/fs/cgroup cgroup2 ", "devpts /dev/pts devpts "} {
+		if !strings.Contains(string(mounts), want) {
+			t.Errorf("no %q in /proc/self/mounts:\n%s", want, mounts)
+		}
+	}
 	// /usr/bin/env is not in the rig's initramfs (busybox's is /bin/env).
 	out, err := exec.Command("/usr/bin/env", "--version").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "GNU coreutils") {
