@@ -85,10 +85,12 @@
 // /dev (with /dev/kvm, a new devpts instance at /dev/pts and a tmpfs at
 // /dev/shm), an empty tmpfs at /run, securityfs, a tmpfs at
 // /var/lib/containers (overlayfs cannot be the upper layer of podman's
-// overlay storage), and the guest's own /tmp; then it
-// binds the per-run archive's paths outside /tmp (the test binary, the
-// working directory, the module's testdata and bin) over the host's, so
-// the test sees the same files as in the normal mode. The kernel package's
+// overlay storage), and the guest's own /tmp, which holds the per-run
+// archive's files below /tmp (go test's binary). The test binary, the
+// working directory and the module's testdata and bin are found at their
+// paths: in the share when they are on the host's root filesystem (the
+// host's live files then, those over 64 MiB included), or else bound from
+// the per-run archive. The kernel package's
 // whole module tree, kept in the cache and indexed by busybox depmod,
 // appears through the share at /lib/modules/<version>, in the guest and in
 // the overlay, and the guest's busybox modprobe is the kernel's: modules

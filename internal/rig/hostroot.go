@@ -121,20 +121,32 @@ func moduleNames(mods []struct{ name, path string }) string {
 }
 
 // hostRootBinds returns the paths of the per-run archive that are bound
-// over the host's root: the test binary, the working directory and the
-// module trees, less those under /tmp (which the rig's /tmp covers) and
-// those under another one.
+// over the host's root, because the share lacks them: the test binary,
+// the working directory and the module trees, when they are neither under
+// /tmp (which the rig's /tmp covers) nor on the host's root filesystem
+// (whose files the test then sees directly, those of over maxCopiedFile
+// included), nor under another one.
 func hostRootBinds(cfg Config) []string {
 	var binds []string
 	cands := append([]string{cfg.Dir}, guestTrees(cfg.Dir)...)
 	cands = append(cands, cfg.Binary)
 	for _, p := range cands {
-		if p == "" || coveredBy(p, []string{"/tmp"}) || coveredBy(p, binds) {
+		if p == "" || p == "/" || coveredBy(p, []string{"/tmp"}) || coveredBy(p, binds) || onRootFS(p) {
 			continue
 		}
 		binds = append(binds, p)
 	}
 	return binds
+}
+
+// onRootFS reports whether path exists on the host's root filesystem, the
+// one the share serves.
+func onRootFS(path string) bool {
+	var root, st syscall.Stat_t
+	if syscall.Stat("/", &root) != nil || syscall.Stat(path, &st) != nil {
+		return false
+	}
+	return st.Dev == root.Dev
 }
 
 // hostRootScript returns the host-root part of the run script:

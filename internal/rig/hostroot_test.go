@@ -18,33 +18,34 @@ import (
 func TestHostRootBinds(t *testing.T) {
 	root := t.TempDir()
 	makeTree(t, root, map[string]string{"go.mod": "module m\n", "testdata/x": "x", "bin/tool": "t", "pkg/testdata/y": "y"})
-	cfg := Config{Binary: "/work/out/pkg.test", Dir: filepath.Join(root, "pkg")}
-	got := hostRootBinds(cfg)
-	// root is under /tmp (or $TMPDIR): only the binary is bound unless
-	// TMPDIR lies elsewhere.
-	want := []string{"/work/out/pkg.test"}
-	if !coveredBy(root, []string{"/tmp"}) {
-		want = []string{cfg.Dir, filepath.Join(root, "testdata"), filepath.Join(root, "bin"), "/work/out/pkg.test"}
+	// The module is under /tmp (or on the root filesystem, with another
+	// TMPDIR): only the binary, which the host's root lacks, is bound.
+	cfg := Config{Binary: "/nonexistent/out/pkg.test", Dir: filepath.Join(root, "pkg")}
+	if got := hostRootBinds(cfg); !slices.Equal(got, []string{cfg.Binary}) && onRootFS(root) {
+		t.Errorf("binds %q, want the binary only", got)
 	}
-	if !slices.Equal(got, want) {
-		t.Errorf("binds %q, want %q", got, want)
-	}
-	// Paths that do not exist on the host have no module trees.
+	// Paths that the host's root lacks are bound, once.
 	cfg = Config{Binary: "/nonexistent/m/pkg/x.test", Dir: "/nonexistent/m/pkg"}
 	if got := hostRootBinds(cfg); !slices.Equal(got, []string{"/nonexistent/m/pkg"}) {
 		t.Errorf("binds %q, want the directory only (the binary is in it)", got)
 	}
+	// The host's own directories are never hidden.
+	for _, dir := range []string{"/", "/etc"} {
+		if got := hostRootBinds(Config{Binary: "/bin/sh", Dir: dir}); len(got) > 0 {
+			t.Errorf("binds %q for a test in %s", got, dir)
+		}
+	}
 }
 
 func TestHostRootRunScript(t *testing.T) {
-	cfg := Config{Binary: "/tmp/go-build1/b001/x.test", Dir: "/work/m/pkg", Args: []string{"-test.v"}, HostRoot: true,
+	cfg := Config{Binary: "/tmp/go-build1/b001/x.test", Dir: "/nonexistent/m/pkg", Args: []string{"-test.v"}, HostRoot: true,
 		Env: []string{"CAPSULE_X=it's"}}
 	script := runScript("capsule-rig-tag", cfg, "/cache/kernel/k/lib/modules/6.1.0-1-cloud-amd64")
 	if out, err := exec.Command("/bin/sh", "-n", "-c", script).CombinedOutput(); err != nil {
 		t.Fatalf("sh -n: %v\n%s\nscript:\n%s", err, out, script)
 	}
 	for _, want := range []string{
-		"rig_bind /work/m/pkg\n",
+		"rig_bind /nonexistent/m/pkg\n",
 		"RIG_MODULES=/cache/kernel/k/lib/modules/6.1.0-1-cloud-amd64\n",
 		"PATH=" + hostRootPath,
 		"/bin/chroot " + hostRootMerged + " /bin/sh -c",

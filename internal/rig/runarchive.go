@@ -50,7 +50,8 @@ func copyArchive(w io.Writer, name string) (int64, error) {
 
 // writeRunArchive writes the per-run archive: the test binary, the run
 // script, the working directory and the module files the test may need,
-// all at their host paths, and the extra files at their guest paths.
+// all at their host paths, and the extra files at their guest paths. In the
+// host-root mode, module trees found in the host's root are left out.
 func writeRunArchive(w io.Writer, cfg Config, extra []baseInput, script string) error {
 	a := &runArchive{cw: cpio.NewWriter(w), seen: map[string]bool{}}
 	if err := a.file(cfg.Binary, true); err != nil {
@@ -59,7 +60,14 @@ func writeRunArchive(w io.Writer, cfg Config, extra []baseInput, script string) 
 	if err := a.dirs(cfg.Dir); err != nil {
 		return err
 	}
+	var binds []string
+	if cfg.HostRoot {
+		binds = append(hostRootBinds(cfg), "/tmp")
+	}
 	for _, tree := range guestTrees(cfg.Dir) {
+		if cfg.HostRoot && !coveredBy(tree, binds) {
+			continue // the test finds it in the host's root
+		}
 		if err := a.tree(tree); err != nil {
 			return err
 		}

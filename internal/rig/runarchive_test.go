@@ -121,3 +121,45 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRunArchiveHostRoot checks the host-root mode's per-run archive: the
+// extra module files, and the module trees under /tmp, which the guest's
+// own /tmp hides from the host's root.
+func TestRunArchiveHostRoot(t *testing.T) {
+	root := t.TempDir()
+	if !coveredBy(root, []string{"/tmp"}) {
+		t.Skip("TMPDIR is not /tmp")
+	}
+	makeTree(t, root, map[string]string{"go.mod": "module m\n", "testdata/g.bin": "guest"})
+	mod := filepath.Join(t.TempDir(), "fuse.ko")
+	if err := os.WriteFile(mod, []byte("module"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(root, "m.test")
+	if err := os.WriteFile(binary, []byte("\x7fELF test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Binary: binary, Dir: root, HostRoot: true}
+	var buf bytes.Buffer
+	extra := []baseInput{{guest: hostRootModuleDir + "/fuse.ko", host: mod, mode: 0o644}}
+	if err := writeRunArchive(&buf, cfg, extra, "RIG_TAG=x\n"); err != nil {
+		t.Fatal(err)
+	}
+	list, err := cpio.ParseAll(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range list {
+		got["/"+e.Name] = string(e.Data)
+	}
+	for name, want := range map[string]string{
+		hostRootModuleDir + "/fuse.ko":        "module",
+		filepath.Join(root, "testdata/g.bin"): "guest",
+		binary:                                "\x7fELF test",
+	} {
+		if got[name] != want {
+			t.Errorf("%s: %q, want %q", name, got[name], want)
+		}
+	}
+}
