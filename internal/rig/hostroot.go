@@ -54,11 +54,13 @@ const (
 // hostRootPath is the test's PATH in the host-root mode: Debian's for root.
 const hostRootPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// hostRootSetup is the run script's rig_setup in the host-root mode. It
-// loads hostRootModules, mounts the host's root read-only with virtio-fs
-// and a tmpfs overlay on top, and mounts proc, sysfs, cgroup2, devtmpfs
-// (with /dev/pts and /dev/shm), a fresh /run, securityfs, a tmpfs at
-// /var/lib/containers and the rig's own /tmp in the overlay. rig_bind then lays the per-run archive's paths over it.
+// hostRootSetup is the run script's rig_setup in the host-root mode, with
+// rig_modules and rig_bind. It loads hostRootModules, mounts the host's
+// root read-only with virtio-fs and a tmpfs overlay on top, and mounts
+// proc, sysfs, cgroup2, devtmpfs (with /dev/pts and /dev/shm), a fresh
+// /run, securityfs, a tmpfs at /var/lib/containers and the rig's own /tmp
+// in the overlay; then rig_binds (see hostRootScript) lays the per-run
+// archive's paths that the share lacks over it.
 var hostRootSetup = `rig_setup() {
 	for m in ` + moduleNames(hostRootModules) + `; do
 		insmod ` + hostRootModuleDir + `/$m.ko || fail "insmod $m.ko failed"
