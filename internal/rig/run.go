@@ -93,6 +93,7 @@ func runAttempt(ctx context.Context, cfg Config, qemu string, args []string, tmp
 	}
 	// A guest whose share went away would hang: virtiofsd's exit ends
 	// QEMU too.
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srv, err := startHostRoot(tmp, attempt, cfg.Verbose, cfg.Stderr, cancel)
@@ -100,10 +101,16 @@ func runAttempt(ctx context.Context, cfg Config, qemu string, args []string, tmp
 		return err
 	}
 	qerr := runQEMU(ctx, qemu, append(args, srv.qemuArgs(cfg.Mem)...), con, cfg.Stderr, cfg.Verbose, wd)
-	if ferr := srv.exitError(); ferr != nil && !con.exited() {
-		qerr = ferr
-	}
+	ferr := srv.exitError()
 	srv.stop()
+	switch {
+	case ferr != nil && !con.exited():
+		return ferr
+	case errors.Is(qerr, context.Canceled) && parent.Err() == nil:
+		// virtiofsd left when QEMU did, and its exit ended QEMU's
+		// context as QEMU was exiting: the console tells why.
+		return nil
+	}
 	return qerr
 }
 

@@ -54,15 +54,19 @@ func copyArchive(w io.Writer, name string) (int64, error) {
 // host-root mode, module trees found in the host's root are left out.
 func writeRunArchive(w io.Writer, cfg Config, extra []baseInput, script string) error {
 	a := &runArchive{cw: cpio.NewWriter(w), seen: map[string]bool{}}
-	if err := a.file(cfg.Binary, true); err != nil {
-		return fmt.Errorf("add test binary: %w", err)
-	}
-	if err := a.dirs(cfg.Dir); err != nil {
-		return err
-	}
 	var binds []string
 	if cfg.HostRoot {
 		binds = append(hostRootBinds(cfg), "/tmp")
+	}
+	// In the host-root mode, a binary that the host's root has is run
+	// from there; copied, /bin/sh, say, would replace the guest's own.
+	if !cfg.HostRoot || coveredBy(cfg.Binary, binds) {
+		if err := a.file(cfg.Binary, true); err != nil {
+			return fmt.Errorf("add test binary: %w", err)
+		}
+	}
+	if err := a.dirs(cfg.Dir); err != nil {
+		return err
 	}
 	for _, tree := range guestTrees(cfg.Dir) {
 		if cfg.HostRoot && !coveredBy(tree, binds) {

@@ -162,4 +162,19 @@ func TestRunArchiveHostRoot(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, got[name], want)
 		}
 	}
+	// A binary in the host's root is run from there: the guest's own
+	// /bin/sh (busybox) stays.
+	cfg.Binary = "/bin/sh"
+	buf.Reset()
+	if err := writeRunArchive(&buf, cfg, nil, "RIG_TAG=x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if list, err = cpio.ParseAll(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list {
+		if e.Name == "bin/sh" {
+			t.Error("the host's /bin/sh went into the per-run archive")
+		}
+	}
 }
