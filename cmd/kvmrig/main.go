@@ -54,6 +54,10 @@ Environment:
                        the test can run its own KVM guests with QEMU, e.g.
                        CAPSULE_RIG_QEMU=1 kvmrig /bin/busybox sh -c \
                          'qemu-system-x86_64 -version'
+  CAPSULE_RIG_HOSTROOT 1: run the test in the host's root filesystem, shared
+                       read-only (virtio-fs) under a tmpfs overlay, so it can
+                       run the host's programs (podman, crun...); writes stay
+                       in the guest. Needs root and /usr/lib/qemu/virtiofsd.
   CAPSULE_RIG_KERNEL   Debian kernel package to use (default: the dependency
                        of linux-image-cloud-amd64, resolved once a day)
 

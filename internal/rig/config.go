@@ -32,6 +32,8 @@ const (
 	EnvVerbose = "CAPSULE_RIG_VERBOSE"
 	EnvKernel  = "CAPSULE_RIG_KERNEL"
 	EnvQEMU    = "CAPSULE_RIG_QEMU"
+	// EnvHostRoot selects Config.HostRoot.
+	EnvHostRoot = "CAPSULE_RIG_HOSTROOT"
 	// EnvInRig is set to 1 in the test's environment inside the guest.
 	EnvInRig = "CAPSULE_RIG"
 )
@@ -68,6 +70,11 @@ type Config struct {
 	// with its shared libraries and firmware, so that the test can start
 	// its own KVM guests with QEMU.
 	QEMU bool
+	// HostRoot runs the test in the host's root filesystem, shared
+	// read-only into the guest with virtio-fs under a tmpfs overlay, so
+	// that it can run the host's programs (see the package doc). It needs
+	// root on the host and QEMU's virtiofsd.
+	HostRoot bool
 
 	// Stdout receives the test's output; Stderr the rig's messages.
 	// Nil means os.Stdout and os.Stderr.
@@ -99,6 +106,7 @@ func ConfigFromEnv(environ []string) (Config, error) {
 		Mem:      get(EnvMem),
 		Verbose:  isTrue(get(EnvVerbose)),
 		QEMU:     isTrue(get(EnvQEMU)),
+		HostRoot: isTrue(get(EnvHostRoot)),
 		Env:      testEnv(environ),
 	}
 	if v := get(EnvTimeout); v != "" {

@@ -55,9 +55,14 @@ func TestCheckStatic(t *testing.T) {
 }
 
 func TestCheckBinaryHint(t *testing.T) {
-	err := checkBinary(fakeELF(t, true))
+	dynamic := fakeELF(t, true)
+	err := checkBinary(dynamic, false)
 	if err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 		t.Errorf("checkBinary(dynamic) = %v, want a CGO_ENABLED=0 hint", err)
+	}
+	// The host's root has the C library.
+	if err := checkBinary(dynamic, true); err != nil {
+		t.Errorf("checkBinary(dynamic, host root) = %v", err)
 	}
 }
 

@@ -32,6 +32,12 @@ type Image struct {
 	QEMU string
 	// KernelID names the kernel package and version the image comes from.
 	KernelID string
+
+	// hostRoot are the module files the per-run archive adds when
+	// Config.HostRoot is set; moduleTree is the host path of the kernel's
+	// whole module tree, which the guest finds through the share.
+	hostRoot   []baseInput
+	moduleTree string
 }
 
 // Prepare returns the cached image for cfg, fetching the kernel and
@@ -67,6 +73,10 @@ func prepare(ctx context.Context, cfg Config, log *logger) (Image, error) {
 	}
 	if err := buildBase(ctx, cfg, img.Base, inputs, log); err != nil {
 		return Image{}, err
+	}
+	if cfg.HostRoot {
+		img.hostRoot = hostRootInputs(k)
+		img.moduleTree = k.moduleTree()
 	}
 	if cfg.QEMU {
 		if img.QEMU, err = prepareQEMU(ctx, cfg, log); err != nil {

@@ -8,7 +8,7 @@ import (
 )
 
 // runScriptPath is where the per-run archive puts the script that /init
-// sources: it sets RIG_TAG and RIG_DIR and defines rig_test.
+// sources: it sets RIG_TAG and RIG_DIR and defines rig_setup and rig_test.
 const runScriptPath = "/capsule-rig/run.sh"
 
 // initScript is the guest's /init. Every line it prints for the rig starts
@@ -47,6 +47,7 @@ done
 chmod 666 /dev/kvm
 # Tests use the loopback interface (servers on 127.0.0.1).
 ip link set lo up || fail "ip link set lo up failed"
+rig_setup
 cd "$RIG_DIR" || fail "cd $RIG_DIR failed"
 say run
 rig_test </dev/null
@@ -68,10 +69,17 @@ func newTag() (string, error) {
 	return "capsule-rig-" + hex.EncodeToString(b), nil
 }
 
-// runScript returns the per-run script sourced by /init.
-func runScript(tag, dir, binary string, args, env []string) string {
-	vars := []string{"PATH=" + guestPath, "HOME=/root", "TMPDIR=/tmp"}
-	for _, kv := range env {
+// runScript returns the per-run script sourced by /init: it sets RIG_TAG
+// and RIG_DIR and defines rig_setup, which /init runs after its own setup,
+// and rig_test, which runs the test. moduleTree is the host path of the
+// kernel's module tree, for the host-root mode.
+func runScript(tag string, cfg Config, moduleTree string) string {
+	path := guestPath
+	if cfg.HostRoot {
+		path = hostRootPath
+	}
+	vars := []string{"PATH=" + path, "HOME=/root", "TMPDIR=/tmp"}
+	for _, kv := range cfg.Env {
 		if key, _, _ := strings.Cut(kv, "="); key != "" && key != EnvInRig {
 			vars = append(vars, kv)
 		}
@@ -79,7 +87,12 @@ func runScript(tag, dir, binary string, args, env []string) string {
 	vars = append(vars, EnvInRig+"=1")
 	var b strings.Builder
 	fmt.Fprintf(&b, "RIG_TAG=%s\n", shellQuote(tag))
-	fmt.Fprintf(&b, "RIG_DIR=%s\n", shellQuote(dir))
-	fmt.Fprintf(&b, "rig_test() {\n\tenv -i %s \\\n\t\t%s\n}\n", shellJoin(vars), shellJoin(append([]string{binary}, args...)))
+	fmt.Fprintf(&b, "RIG_DIR=%s\n", shellQuote(cfg.Dir))
+	if cfg.HostRoot {
+		b.WriteString(hostRootScript(cfg, vars, moduleTree))
+		return b.String()
+	}
+	b.WriteString("rig_setup() { :; }\n")
+	fmt.Fprintf(&b, "rig_test() {\n\tenv -i %s \\\n\t\t%s\n}\n", shellJoin(vars), shellJoin(append([]string{cfg.Binary}, cfg.Args...)))
 	return b.String()
 }

@@ -13,7 +13,7 @@ func TestRunScript(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"-c", `printf '[%s]' "$@"; echo; env | sort`, "argv0", "a b", "it's", "", "-test.run=X$"}
 	env := []string{"CAPSULE_X=1 2", "CAPSULE_RIG=0", "GODEBUG=a=b"}
-	script := runScript("capsule-rig-tag", dir, "/bin/sh", args, env)
+	script := runScript("capsule-rig-tag", Config{Dir: dir, Binary: "/bin/sh", Args: args, Env: env}, "")
 	cmd := exec.Command("/bin/sh", "-c", script+`cd "$RIG_DIR" && echo "tag=$RIG_TAG dir=$(pwd)" && rig_test`)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

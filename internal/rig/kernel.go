@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,6 +43,7 @@ var StockGuestModules = []struct{ Name, Path string }{
 // stagedModules are the names and paths of every module staged.
 func stagedModules() []struct{ name, path string } {
 	all := append([]struct{ name, path string }(nil), guestModules...)
+	all = append(all, hostRootModules...)
 	for _, m := range StockGuestModules {
 		all = append(all, struct{ name, path string }{m.Name, m.Path})
 	}
@@ -57,10 +59,21 @@ type kernel struct {
 func (k kernel) vmlinuz() string           { return filepath.Join(k.dir, "vmlinuz") }
 func (k kernel) module(name string) string { return filepath.Join(k.dir, name+".ko") }
 
-// complete reports whether the cached kernel has vmlinuz and every guest
-// module.
+// moduleTree returns the kernel's whole module tree,
+// <dir>/lib/modules/<version> with the modules.dep, modules.alias and
+// modules.symbols of busybox depmod, or "" when it has none.
+func (k kernel) moduleTree() string {
+	m, _ := filepath.Glob(filepath.Join(k.dir, "lib", "modules", "*", "modules.dep"))
+	if len(m) != 1 {
+		return ""
+	}
+	return filepath.Dir(m[0])
+}
+
+// complete reports whether the cached kernel has vmlinuz, every staged
+// module and the module tree.
 func (k kernel) complete() bool {
-	if !exists(k.vmlinuz()) {
+	if !exists(k.vmlinuz()) || k.moduleTree() == "" {
 		return false
 	}
 	for _, m := range stagedModules() {
@@ -236,17 +249,40 @@ func downloadKernel(ctx context.Context, kdir, pkg string, log *logger) (kernel,
 		return kernel{}, fmt.Errorf("dpkg-deb -x %s: %w\n%s", filepath.Base(deb), err, tail(out, 10))
 	}
 	staged := filepath.Join(tmp, "out")
-	if err := stageKernel(tree, staged); err != nil {
+	if err := stageKernel(ctx, tree, staged); err != nil {
 		return kernel{}, fmt.Errorf("unpack %s: %w", pkg, err)
 	}
 	id := debID(filepath.Base(deb), pkg)
 	k := kernel{dir: filepath.Join(kdir, id), id: id}
-	os.RemoveAll(k.dir) // an incomplete one from an older rig
-	if err := os.Rename(staged, k.dir); err != nil {
+	if err := publishKernel(staged, k.dir); err != nil {
 		return kernel{}, fmt.Errorf("publish kernel %s: %w", id, err)
 	}
 	log.verbosef("fetched %s in %.1fs", id, time.Since(start).Seconds())
 	return k, nil
+}
+
+// publishKernel renames the staged directory to dir. When dir exists
+// (staged by an older rig with fewer modules, and perhaps in use by a rig
+// running now) it only moves the files dir lacks into it, each by an
+// atomic rename, so that its files never go missing.
+func publishKernel(staged, dir string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return os.Rename(staged, dir)
+	}
+	entries, err := os.ReadDir(staged)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		dst := filepath.Join(dir, e.Name())
+		if exists(dst) {
+			continue
+		}
+		if err := os.Rename(filepath.Join(staged, e.Name()), dst); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // aptDownload runs apt-get download in dir and returns the .deb's path.
@@ -276,9 +312,11 @@ func debID(file, pkg string) string {
 	return strings.ReplaceAll(s, "%3a", "_")
 }
 
-// stageKernel copies vmlinuz and the staged modules out of the unpacked
-// package tree into dst.
-func stageKernel(tree, dst string) error {
+// stageKernel moves vmlinuz and the package's module tree out of the
+// unpacked package tree into dst (the tree to dst/lib/modules/<version>,
+// where busybox depmod indexes it, for the host-root mode's modprobe) and
+// links the staged modules as dst/<name>.ko.
+func stageKernel(ctx context.Context, tree, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
 	}
@@ -289,16 +327,45 @@ func stageKernel(tree, dst string) error {
 	if err := os.Rename(vmlinuz, filepath.Join(dst, "vmlinuz")); err != nil {
 		return err
 	}
+	modules, err := findModuleTree(tree)
+	if err != nil {
+		return err
+	}
+	version := filepath.Base(modules)
+	if err := os.MkdirAll(filepath.Join(dst, "lib", "modules"), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(modules, filepath.Join(dst, "lib", "modules", version)); err != nil {
+		return err
+	}
 	for _, m := range stagedModules() {
-		src, err := findModule(tree, m.path)
+		src, err := findModule(dst, m.path)
 		if err != nil {
 			return err
 		}
-		if err := os.Rename(src, filepath.Join(dst, m.name+".ko")); err != nil {
+		if err := os.Link(src, filepath.Join(dst, m.name+".ko")); err != nil {
 			return err
 		}
 	}
+	busybox, err := staticBusybox()
+	if err != nil {
+		return err
+	}
+	if out, err := exec.CommandContext(ctx, busybox, "depmod", "-b", dst, version).CombinedOutput(); err != nil {
+		return fmt.Errorf("busybox depmod: %w\n%s", err, tail(out, 10))
+	}
 	return nil
+}
+
+// findModuleTree finds the one lib/modules/<version> (or below usr/) of
+// the tree.
+func findModuleTree(tree string) (string, error) {
+	for _, prefix := range []string{"lib", "usr/lib"} {
+		if m, _ := filepath.Glob(filepath.Join(tree, prefix, "modules", "*", "kernel")); len(m) == 1 {
+			return filepath.Dir(m[0]), nil
+		}
+	}
+	return "", errors.New("no lib/modules/<version>/kernel in the kernel package")
 }
 
 // findModule finds lib/modules/*/<rel> (or below usr/) in the tree.

@@ -63,19 +63,31 @@ func TestGuestHelper(t *testing.T) {
 	if os.Getenv(helperEnv) != "1" {
 		t.Skip("helper for TestRigBootsGuest")
 	}
+	if err := checkKVM(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("helper: KVM API 12, kvm_amd loaded, %s=%s\n", EnvInRig, os.Getenv(EnvInRig))
+	os.Exit(3)
+}
+
+// checkKVM checks that /dev/kvm answers KVM_GET_API_VERSION with 12 and
+// that kvm_amd is loaded.
+func checkKVM() error {
 	fd, err := syscall.Open("/dev/kvm", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		t.Fatalf("open /dev/kvm: %v", err)
+		return fmt.Errorf("open /dev/kvm: %w", err)
 	}
 	defer syscall.Close(fd)
 	const kvmGetAPIVersion = 0xAE00
 	v, _, errno := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), kvmGetAPIVersion, 0)
 	if errno != 0 {
-		t.Fatalf("KVM_GET_API_VERSION: %v", errno)
+		return fmt.Errorf("KVM_GET_API_VERSION: %w", errno)
+	}
+	if v != 12 {
+		return fmt.Errorf("KVM API version %d, want 12", v)
 	}
 	if _, err := os.Stat("/sys/module/kvm_amd"); err != nil {
-		t.Fatalf("kvm_amd: %v", err)
+		return fmt.Errorf("kvm_amd: %w", err)
 	}
-	fmt.Printf("helper: KVM API %d, kvm_amd loaded, %s=%s\n", v, EnvInRig, os.Getenv(EnvInRig))
-	os.Exit(3)
+	return nil
 }

@@ -20,7 +20,7 @@ func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
 	if err != nil {
 		return 1, err
 	}
-	if err := checkBinary(cfg.Binary); err != nil {
+	if err := checkBinary(cfg.Binary, cfg.HostRoot); err != nil {
 		return 1, err
 	}
 	qemu, err := lookTool("qemu-system-x86_64", qemuHint)
@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
 		con.results = done
 		heartbeat := filepath.Join(tmp, fmt.Sprintf("heartbeat-%d", attempt))
 		wd := newWatchdog(heartbeat)
-		qerr := runQEMU(runCtx, qemu, qemuArgs(cfg, img.Kernel, initrd, heartbeat), con, cfg.Stderr, cfg.Verbose, wd)
+		qerr := runAttempt(runCtx, cfg, qemu, qemuArgs(cfg, img.Kernel, initrd, heartbeat), tmp, attempt, con, wd)
 		t.end = time.Now()
 		os.Remove(initrd)
 		if con.exited() {
@@ -85,6 +85,35 @@ func Run(ctx context.Context, cfg Config) (exitCode int, err error) {
 	}
 }
 
+// runAttempt runs QEMU with args once, with the host's root served to it
+// when cfg.HostRoot is set; see runQEMU.
+func runAttempt(ctx context.Context, cfg Config, qemu string, args []string, tmp string, attempt int, con *console, wd *watchdog) error {
+	if !cfg.HostRoot {
+		return runQEMU(ctx, qemu, args, con, cfg.Stderr, cfg.Verbose, wd)
+	}
+	// A guest whose share went away would hang: virtiofsd's exit ends
+	// QEMU too.
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv, err := startHostRoot(tmp, attempt, cfg.Verbose, cfg.Stderr, cancel)
+	if err != nil {
+		return err
+	}
+	qerr := runQEMU(ctx, qemu, append(args, srv.qemuArgs(cfg.Mem)...), con, cfg.Stderr, cfg.Verbose, wd)
+	ferr := srv.exitError()
+	srv.stop()
+	switch {
+	case ferr != nil && !con.exited():
+		return ferr
+	case errors.Is(qerr, context.Canceled) && parent.Err() == nil:
+		// virtiofsd left when QEMU did, and its exit ended QEMU's
+		// context as QEMU was exiting: the console tells why.
+		return nil
+	}
+	return qerr
+}
+
 // isVerboseTest reports whether args run a go test binary verbosely
 // (-test.v, as go test -v passes it).
 func isVerboseTest(args []string) bool {
@@ -97,7 +126,8 @@ func isVerboseTest(args []string) bool {
 }
 
 // checkBinary checks that the test binary can run in the guest.
-func checkBinary(binary string) error {
+// In the host-root mode, dynamically linked ones can run too.
+func checkBinary(binary string, hostRoot bool) error {
 	if binary == "" {
 		return errors.New("no test binary given")
 	}
@@ -105,6 +135,10 @@ func checkBinary(binary string) error {
 		return fmt.Errorf("test binary path %s contains '='", binary)
 	}
 	err := checkStatic(binary, "test binary")
+	if errors.Is(err, errDynamic) && hostRoot {
+		// The host's root has the C library.
+		return nil
+	}
 	if errors.Is(err, errDynamic) {
 		return fmt.Errorf("%w: build the test with CGO_ENABLED=0", err)
 	}
@@ -117,8 +151,8 @@ func buildInitrd(name string, img Image, cfg Config, tag string) error {
 	if err != nil {
 		return fmt.Errorf("create initrd: %w", err)
 	}
-	script := runScript(tag, cfg.Dir, cfg.Binary, cfg.Args, cfg.Env)
-	if err := writeInitrd(f, img.archives(), cfg, script); err != nil {
+	script := runScript(tag, cfg, img.moduleTree)
+	if err := writeInitrd(f, img.archives(), img.hostRoot, cfg, script); err != nil {
 		f.Close()
 		return fmt.Errorf("build initrd: %w", err)
 	}

@@ -15,8 +15,8 @@ import (
 // base archive, then the QEMU one if any), each followed by zero padding to
 // a multiple of 4 bytes (the kernel looks for an uncompressed archive only
 // there, and skips zeros between archives), and the uncompressed per-run
-// archive.
-func writeInitrd(w io.Writer, archives []string, cfg Config, script string) error {
+// archive, with the extra files.
+func writeInitrd(w io.Writer, archives []string, extra []baseInput, cfg Config, script string) error {
 	var off int64
 	for _, a := range archives {
 		n, err := copyArchive(w, a)
@@ -31,7 +31,7 @@ func writeInitrd(w io.Writer, archives []string, cfg Config, script string) erro
 			off += 4 - pad
 		}
 	}
-	return writeRunArchive(w, cfg, script)
+	return writeRunArchive(w, cfg, extra, script)
 }
 
 // copyArchive copies the cached archive name to w.
@@ -50,18 +50,38 @@ func copyArchive(w io.Writer, name string) (int64, error) {
 
 // writeRunArchive writes the per-run archive: the test binary, the run
 // script, the working directory and the module files the test may need,
-// all at their host paths.
-func writeRunArchive(w io.Writer, cfg Config, script string) error {
+// all at their host paths, and the extra files at their guest paths. In the
+// host-root mode, module trees found in the host's root are left out.
+func writeRunArchive(w io.Writer, cfg Config, extra []baseInput, script string) error {
 	a := &runArchive{cw: cpio.NewWriter(w), seen: map[string]bool{}}
-	if err := a.file(cfg.Binary, true); err != nil {
-		return fmt.Errorf("add test binary: %w", err)
+	var binds []string
+	if cfg.HostRoot {
+		binds = append(hostRootBinds(cfg), "/tmp")
+	}
+	// In the host-root mode, a binary that the host's root has is run
+	// from there; copied, /bin/sh, say, would replace the guest's own.
+	if !cfg.HostRoot || coveredBy(cfg.Binary, binds) {
+		if err := a.file(cfg.Binary, true); err != nil {
+			return fmt.Errorf("add test binary: %w", err)
+		}
 	}
 	if err := a.dirs(cfg.Dir); err != nil {
 		return err
 	}
 	for _, tree := range guestTrees(cfg.Dir) {
+		if cfg.HostRoot && !coveredBy(tree, binds) {
+			continue // the test finds it in the host's root
+		}
 		if err := a.tree(tree); err != nil {
 			return err
+		}
+	}
+	for _, in := range extra {
+		if err := a.dirs(filepath.Dir(in.guest)); err != nil {
+			return err
+		}
+		if err := copyIntoArchive(a.cw, in.guest, in.host, in.mode); err != nil {
+			return fmt.Errorf("add %s: %w", in.guest, err)
 		}
 	}
 	if err := a.dirs(filepath.Dir(runScriptPath)); err != nil {

@@ -33,7 +33,7 @@ func TestRunArchive(t *testing.T) {
 	}
 	cfg := Config{Binary: binary, Dir: filepath.Join(root, "pkg")}
 	var buf bytes.Buffer
-	if err := writeRunArchive(&buf, cfg, "RIG_TAG=x\n"); err != nil {
+	if err := writeRunArchive(&buf, cfg, nil, "RIG_TAG=x\n"); err != nil {
 		t.Fatal(err)
 	}
 	list, err := cpio.ParseAll(buf.Bytes())
@@ -93,7 +93,7 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeInitrd(&buf, []string{base}, Config{Binary: binary, Dir: dir}, ""); err != nil {
+	if err := writeInitrd(&buf, []string{base}, nil, Config{Binary: binary, Dir: dir}, ""); err != nil {
 		t.Fatal(err)
 	}
 	b := buf.Bytes()
@@ -110,7 +110,7 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf.Reset()
-	if err := writeInitrd(&buf, []string{base, qemu}, Config{Binary: binary, Dir: dir}, ""); err != nil {
+	if err := writeInitrd(&buf, []string{base, qemu}, nil, Config{Binary: binary, Dir: dir}, ""); err != nil {
 		t.Fatal(err)
 	}
 	b = buf.Bytes()
@@ -119,5 +119,62 @@ func TestWriteInitrdAlignsRunArchive(t *testing.T) {
 	}
 	if _, err := cpio.ParseAll(b[16:]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRunArchiveHostRoot checks the host-root mode's per-run archive: the
+// extra module files, and the module trees under /tmp, which the guest's
+// own /tmp hides from the host's root.
+func TestRunArchiveHostRoot(t *testing.T) {
+	root := t.TempDir()
+	if !coveredBy(root, []string{"/tmp"}) {
+		t.Skip("TMPDIR is not /tmp")
+	}
+	makeTree(t, root, map[string]string{"go.mod": "module m\n", "testdata/g.bin": "guest"})
+	mod := filepath.Join(t.TempDir(), "fuse.ko")
+	if err := os.WriteFile(mod, []byte("module"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(root, "m.test")
+	if err := os.WriteFile(binary, []byte("\x7fELF test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Binary: binary, Dir: root, HostRoot: true}
+	var buf bytes.Buffer
+	extra := []baseInput{{guest: hostRootModuleDir + "/fuse.ko", host: mod, mode: 0o644}}
+	if err := writeRunArchive(&buf, cfg, extra, "RIG_TAG=x\n"); err != nil {
+		t.Fatal(err)
+	}
+	list, err := cpio.ParseAll(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range list {
+		got["/"+e.Name] = string(e.Data)
+	}
+	for name, want := range map[string]string{
+		hostRootModuleDir + "/fuse.ko":        "module",
+		filepath.Join(root, "testdata/g.bin"): "guest",
+		binary:                                "\x7fELF test",
+	} {
+		if got[name] != want {
+			t.Errorf("%s: %q, want %q", name, got[name], want)
+		}
+	}
+	// A binary in the host's root is run from there: the guest's own
+	// /bin/sh (busybox) stays.
+	cfg.Binary = "/bin/sh"
+	buf.Reset()
+	if err := writeRunArchive(&buf, cfg, nil, "RIG_TAG=x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if list, err = cpio.ParseAll(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list {
+		if e.Name == "bin/sh" {
+			t.Error("the host's /bin/sh went into the per-run archive")
+		}
 	}
 }
