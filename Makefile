@@ -38,10 +38,11 @@ CAPSULE_LDFLAGS = -X=runtime.godebugDefault=$(CAPSULE_GODEBUG)$(if $(CAPSULE_GOD
 
 # Debian packages: gcc/binutils for the test guests, qemu/busybox/cpio for
 # the nested real-KVM rig and the initramfs, linux-source and its build
-# tools for the minimal guest kernel.
+# tools for the minimal guest kernel; podman, conmon and crun for
+# test-rig-podman, which runs them in the rig's host-root mode.
 DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-certificates \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils \
-	e2fsprogs e2fsck-static
+	e2fsprogs e2fsck-static podman conmon crun
 # Packages of the rig/e2e tests run inside the nested guest.
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule ./agent
 
@@ -57,7 +58,7 @@ IMG = testdata/images
 LINUX_CMDLINE = console=ttyS0 quiet reboot=k panic=-1
 
 .PHONY: all deps demo test test-host test-race test-rig fuzz fuzz-long vet clean images demo-images bench bench-io \
-	bench-console bench-fs bench-run soak install uninstall default-images
+	bench-console bench-fs bench-run soak install test-rig-podman uninstall default-images
 
 all: bin/capsule bin/kvmrig bin/capsule-agent $(GUESTS) $(HOSTILE_GUESTS)
 
@@ -238,7 +239,7 @@ soak: all images
 			$$exec -run "^TestSoakVerboseBoots$$/^$${k//./\\.}$$" ./cmd/capsule || fail=1; \
 	done; exit $$fail
 
-test: deps all vet test-host test-race test-rig fuzz
+test: deps all vet test-host test-race test-rig test-rig-podman fuzz
 
 vet:
 	$(GO) vet ./...
@@ -261,6 +262,13 @@ test-race: all
 RIG_RUN ?=
 test-rig: all images
 	$(GO) test -count=1 -p 1 -v -exec $(CURDIR)/bin/kvmrig $(if $(RIG_RUN),-run '$(RIG_RUN)') $(RIG_PKGS)
+
+# podman with capsule-oci as its runtime, in the rig's host-root mode
+# (internal/rig: the host's root read-only under a tmpfs overlay, so the
+# host's podman, conmon and crun run there on kvm_amd).
+test-rig-podman: all images
+	CAPSULE_RIG_HOSTROOT=1 CAPSULE_RIG_MEM=$${CAPSULE_RIG_MEM:-3G} \
+		$(GO) test -count=1 -v -exec $(CURDIR)/bin/kvmrig -run 'TestPodman' ./cmd/capsule
 
 # Fuzz targets run for a count of inputs, not a time: a duration-based
 # -fuzztime races Go's fuzz coordinator at its deadline and can fail with a
