@@ -42,7 +42,7 @@ CAPSULE_LDFLAGS = -X=runtime.godebugDefault=$(CAPSULE_GODEBUG)$(if $(CAPSULE_GOD
 # test-rig-podman, which runs them in the rig's host-root mode.
 DEB_PKGS = gcc libc6-dev binutils make qemu-system-x86 busybox-static cpio ca-certificates \
 	linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev lz4 xz-utils \
-	e2fsprogs e2fsck-static podman conmon crun
+	e2fsprogs e2fsck-static podman conmon crun netavark aardvark-dns
 # Packages of the rig/e2e tests run inside the nested guest.
 RIG_PKGS = ./kvm ./vmm ./cmd/capsule ./agent
 
