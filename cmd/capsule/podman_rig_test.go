@@ -30,13 +30,22 @@ func newPodman(t *testing.T) *podman {
 	if _, err := exec.LookPath("podman"); err != nil {
 		t.Fatalf("%v: the host-root mode has the host's tools, and make deps installs podman", err)
 	}
-	t.Setenv("CAPSULE_KERNEL", image(t, "default.vmlinux"))
-	t.Setenv("CAPSULE_INITRD", image(t, "agent.cpio.gz"))
-	link := filepath.Join(t.TempDir(), ociName)
-	if err := os.Symlink(binary(t), link); err != nil {
-		t.Fatal(err)
+	// podman passes the runtime no environment of its own choosing: the
+	// runtime finds its kernel and initramfs as an installed capsule does,
+	// in PREFIX/share/capsule next to PREFIX/bin (make install's layout).
+	prefix := t.TempDir()
+	bin, share := filepath.Join(prefix, "bin"), filepath.Join(prefix, "share", "capsule")
+	exe, err := os.ReadFile(binary(t))
+	for _, err := range []error{err, os.MkdirAll(bin, 0o755), os.MkdirAll(share, 0o755),
+		os.WriteFile(filepath.Join(bin, "capsule"), exe, 0o755),
+		os.Symlink("capsule", filepath.Join(bin, ociName)),
+		os.Symlink(image(t, "default.vmlinux"), filepath.Join(share, "vmlinux")),
+		os.Symlink(image(t, "agent.cpio.gz"), filepath.Join(share, "agent.cpio.gz"))} {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	return &podman{t: t, runtime: link}
+	return &podman{t: t, runtime: filepath.Join(bin, ociName)}
 }
 
 // cmd is podman ARGS with capsule-oci as the runtime.
