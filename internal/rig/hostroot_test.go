@@ -109,18 +109,7 @@ func hostRootToolArgs(name string) []string {
 // TestHostRootHelper there, and checks that nothing it wrote reached the
 // host.
 func TestRigHostRoot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a QEMU guest; skipped with -short")
-	}
-	if os.Getenv(EnvInRig) == "1" {
-		t.Skip("already inside the rig")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("no qemu-system-x86_64")
-	}
-	if _, err := staticBusybox(); err != nil {
-		t.Skip(err)
-	}
+	skipUnlessRigCanBoot(t)
 	if os.Geteuid() != 0 {
 		t.Skip("the host-root mode needs root")
 	}

@@ -11,10 +11,10 @@ import (
 
 const helperEnv = "CAPSULE_RIG_TEST_HELPER"
 
-// TestRigBootsGuest really boots the rig, running this test binary's
-// TestGuestHelper in the guest. It is slow (a few seconds with a warm
-// cache; the first run downloads the kernel).
-func TestRigBootsGuest(t *testing.T) {
+// skipUnlessRigCanBoot skips a test that boots the rig where it cannot:
+// with -short, inside the rig, without QEMU or a static busybox.
+func skipUnlessRigCanBoot(t *testing.T) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a QEMU guest; skipped with -short")
 	}
@@ -27,6 +27,13 @@ func TestRigBootsGuest(t *testing.T) {
 	if _, err := staticBusybox(); err != nil {
 		t.Skip(err)
 	}
+}
+
+// TestRigBootsGuest really boots the rig, running this test binary's
+// TestGuestHelper in the guest. It is slow (a few seconds with a warm
+// cache; the first run downloads the kernel).
+func TestRigBootsGuest(t *testing.T) {
+	skipUnlessRigCanBoot(t)
 	if err := checkStatic(os.Args[0], "this test binary"); err != nil {
 		t.Skipf("%v (built with -race?)", err)
 	}
