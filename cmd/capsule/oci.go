@@ -230,3 +230,28 @@ func parseOCI(fs *pflag.FlagSet, args []string, min, max int) error {
 func (g *ociGlobals) container(fs *pflag.FlagSet) (*ocirt.Container, error) {
 	return ocirt.Open(g.root, fs.Arg(0))
 }
+
+// childArgs are the global flags of a capsule oci process this one
+// starts (the monitor, exec's stand-in): the same state root and log
+// format, and the log by its absolute path (the child runs in /).
+func (g *ociGlobals) childArgs() ([]string, error) {
+	args := []string{"oci", "--root", g.root, "--log-format", g.logFormat}
+	if g.logPath != "" {
+		logPath, err := filepath.Abs(g.logPath)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--log", logPath)
+	}
+	return args, nil
+}
+
+// containerState opens the container fs names and reads its state.
+func (g *ociGlobals) containerState(fs *pflag.FlagSet) (*ocirt.Container, ocirt.State, error) {
+	c, err := g.container(fs)
+	if err != nil {
+		return nil, ocirt.State{}, err
+	}
+	st, err := c.State()
+	return c, st, err
+}

@@ -26,11 +26,7 @@ func ociStart(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if err := parseOCI(fs, args, 1, 1); err != nil {
 		return err
 	}
-	c, err := g.container(fs)
-	if err != nil {
-		return err
-	}
-	st, err := c.State()
+	c, st, err := g.containerState(fs)
 	if err != nil {
 		return err
 	}
@@ -60,11 +56,7 @@ func ociState(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if err := parseOCI(fs, args, 1, 1); err != nil {
 		return err
 	}
-	c, err := g.container(fs)
-	if err != nil {
-		return err
-	}
-	st, err := c.State()
+	_, st, err := g.containerState(fs)
 	if err != nil {
 		return err
 	}
@@ -349,11 +341,7 @@ func ociPs(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if *format != "table" && *format != "json" {
 		return fmt.Errorf("ps: --format %q: want table or json", *format)
 	}
-	c, err := g.container(fs)
-	if err != nil {
-		return err
-	}
-	st, err := c.State()
+	_, st, err := g.containerState(fs)
 	if err != nil {
 		return err
 	}

@@ -90,41 +90,23 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	// The monitor: this executable again, in a session of its own, with
 	// this process's stdio (the container's), telling us on a pipe when
 	// the VM is up, holding the container's lock (taken here).
-	lock, err := c.Lock()
+	margs, err := g.childArgs()
 	if err != nil {
 		return err
-	}
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		lock.Close()
-		return err
-	}
-	defer readyR.Close()
-	margs := []string{"oci", "--root", g.root, "--log-format", g.logFormat}
-	if g.logPath != "" {
-		logPath, err := filepath.Abs(g.logPath)
-		if err != nil {
-			readyW.Close()
-			lock.Close()
-			return err
-		}
-		margs = append(margs, "--log", logPath)
 	}
 	if g.debug {
 		margs = append(margs, "--debug")
 	}
 	margs = append(margs, "monitor", "--kernel", images.Kernel, "--initrd", images.Initrd, c.ID)
-	cmd := exec.Command(self, margs...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{readyW, lock}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	readyW.Close()
-	lock.Close() // the monitor's now
+	lock, err := c.Lock()
 	if err != nil {
-		return fmt.Errorf("starting the container's monitor: %w", err)
+		return err
 	}
+	cmd, readyR, err := startDetached(self, "the container's monitor", margs, lock) // the lock is the monitor's now
+	if err != nil {
+		return err
+	}
+	defer readyR.Close()
 	answer := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(readyR).ReadString('\n')
@@ -138,13 +120,10 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	case <-t.C:
 		line = fmt.Sprintf("error: the container's VM was not up after %v", createTimeout)
 	}
-	if line != ocirt.ReadyOK {
-		cmd.Process.Kill()
-		status := cmd.Wait()
-		if msg, ok := strings.CutPrefix(line, "error: "); ok {
-			return errors.New(msg)
-		}
+	if err := readyOrKill(cmd, line, func(status error) error {
 		return fmt.Errorf("container %s: the monitor ended before the VM was up (%v)", c.ID, status)
+	}); err != nil {
+		return err
 	}
 	// The VM is up: the hooks of the runtime's namespace run (a failure
 	// fails create), then the pid file is written.
@@ -174,6 +153,51 @@ func ociCreate(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	// shim, as a subreaper) inherits it.
 	cmd.Process.Release()
 	return nil
+}
+
+// startDetached starts this executable (self) again with args, the child
+// of a capsule oci command that outlives it (name says which, in errors):
+// in a session of its own, in /, with this process's stdio, the write end
+// of a pipe as descriptor 3 for its answer, and extra after it, which
+// are closed here (the child's now) whether or not it started. It returns
+// the child and the pipe's read end.
+func startDetached(self, name string, args []string, extra ...*os.File) (*exec.Cmd, *os.File, error) {
+	defer func() {
+		for _, f := range extra {
+			f.Close()
+		}
+	}()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = append([]*os.File{readyW}, extra...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		readyR.Close()
+		return nil, nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	return cmd, readyR, nil
+}
+
+// readyOrKill takes a detached child's answer line: ocirt.ReadyOK, or
+// "error: MSG". On anything else the child is killed and reaped, and the
+// error is MSG, or ended(its status) when it gave no error line.
+func readyOrKill(cmd *exec.Cmd, line string, ended func(status error) error) error {
+	if line == ocirt.ReadyOK {
+		return nil
+	}
+	cmd.Process.Kill()
+	status := cmd.Wait()
+	if msg, ok := strings.CutPrefix(line, "error: "); ok {
+		return errors.New(msg)
+	}
+	return ended(status)
 }
 
 // writePidFile writes pid to path atomically, as runc does (no newline).

@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,11 +48,7 @@ func ociExec(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if err := parseOCI(fs, args, 1, -1); err != nil {
 		return err
 	}
-	c, err := g.container(fs)
-	if err != nil {
-		return err
-	}
-	st, err := c.State()
+	c, st, err := g.containerState(fs)
 	if err != nil {
 		return err
 	}
@@ -132,39 +126,20 @@ func ociExec(g *ociGlobals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	readyR, readyW, err := os.Pipe()
+	margs, err := g.childArgs()
+	if err != nil {
+		return err
+	}
+	cmd, readyR, err := startDetached(self, "the exec's stand-in", append(margs, "exec-monitor", "--spec", specFile, c.ID))
 	if err != nil {
 		return err
 	}
 	defer readyR.Close()
-	margs := []string{"oci", "--root", g.root, "--log-format", g.logFormat}
-	if g.logPath != "" {
-		logPath, err := filepath.Abs(g.logPath)
-		if err != nil {
-			readyW.Close()
-			return err
-		}
-		margs = append(margs, "--log", logPath)
-	}
-	cmd := exec.Command(self, append(margs, "exec-monitor", "--spec", specFile, c.ID)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{readyW}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	readyW.Close()
-	if err != nil {
-		return fmt.Errorf("starting the exec's stand-in: %w", err)
-	}
 	line, _ := bufio.NewReader(readyR).ReadString('\n')
-	line = strings.TrimSpace(line)
-	if line != ocirt.ReadyOK {
-		cmd.Process.Kill()
-		status := cmd.Wait()
-		if msg, ok := strings.CutPrefix(line, "error: "); ok {
-			return errors.New(msg)
-		}
+	if err := readyOrKill(cmd, strings.TrimSpace(line), func(status error) error {
 		return fmt.Errorf("container %s: the exec's stand-in ended before the process started (%v)", c.ID, status)
+	}); err != nil {
+		return err
 	}
 	if *pidFile != "" {
 		if err := writePidFile(*pidFile, cmd.Process.Pid); err != nil {
