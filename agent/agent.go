@@ -46,6 +46,26 @@ var (
 	ErrExited = errors.New("process has exited")
 )
 
+// Exit statuses of a program that Start could not run, as a shell (and
+// docker and runc) report them.
+const (
+	StatusCannotRun = 126 // ErrPermission
+	StatusNotFound  = 127 // ErrNotFound
+)
+
+// StartStatus is the exit status that a Start error stands for:
+// StatusNotFound for ErrNotFound, StatusCannotRun for ErrPermission; ok
+// is false for any other error (or none).
+func StartStatus(err error) (status int, ok bool) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return StatusNotFound, true
+	case errors.Is(err, ErrPermission):
+		return StatusCannotRun, true
+	}
+	return 0, false
+}
+
 // ExitStatus is how a process ended: its exit code, or the signal that
 // killed it.
 type ExitStatus struct {

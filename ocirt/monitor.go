@@ -31,10 +31,8 @@ const (
 	// StatusAgentLost: the guest went away before reporting the
 	// process's end.
 	StatusAgentLost = 123
-	// StatusCannotRun and StatusNotFound: the program could not be run,
-	// or was not found (as a shell reports them).
-	StatusCannotRun = 126
-	StatusNotFound  = 127
+	// A program that could not be run, or was not found, gives the
+	// agent's statuses (agent.StartStatus: 126, 127).
 )
 
 // processID is the container process's id for the agent.
@@ -312,11 +310,8 @@ func (m *monitor) start() (end int, err error) {
 	p, err := m.sb.Agent().Start(ctx, m.proc, agent.Stdio{Stdin: m.cfg.Stdin, Stdout: m.cfg.Stdout, Stderr: m.cfg.Stderr})
 	if err != nil {
 		status := StatusFailed
-		switch {
-		case errors.Is(err, agent.ErrNotFound):
-			status = StatusNotFound
-		case errors.Is(err, agent.ErrPermission):
-			status = StatusCannotRun
+		if s, ok := agent.StartStatus(err); ok {
+			status = s
 		}
 		m.ending = true
 		return status, fmt.Errorf("starting container process %q: %w", m.proc.Args[0], err)

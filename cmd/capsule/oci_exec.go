@@ -214,12 +214,10 @@ func runExec(g *ociGlobals, c *ocirt.Container, spec agent.ProcessSpec, ready io
 	ctx, cancel = context.WithTimeout(context.Background(), execDialTimeout)
 	p, err := client.Start(ctx, spec, agent.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	cancel()
-	switch {
-	case errors.Is(err, agent.ErrNotFound):
-		return fail(ocirt.StatusNotFound, err)
-	case errors.Is(err, agent.ErrPermission):
-		return fail(ocirt.StatusCannotRun, err)
-	case err != nil:
+	if status, ok := agent.StartStatus(err); ok {
+		return fail(status, err)
+	}
+	if err != nil {
 		return fail(statusError, err)
 	}
 	if ready != nil {

@@ -31,10 +31,8 @@ const (
 	// statusAgentLost: the guest agent went away (the guest crashed, or
 	// powered off) before it reported the program's exit.
 	statusAgentLost = 123
-	// statusCannotRun and statusNotFound: the program could not be run,
-	// or was not found (as a shell reports them).
-	statusCannotRun = 126
-	statusNotFound  = 127
+	// A program that could not be run, or was not found, gives the
+	// agent's statuses (agent.StartStatus: 126, 127).
 )
 
 // sandboxFlags are run's flags for running a program from a directory or
@@ -354,12 +352,10 @@ func runProcess(ctx context.Context, c *agent.Client, spec agent.ProcessSpec, sf
 		defer term.Restore(stdinFD, old)
 	}
 	p, err := c.Start(ctx, spec, stdio)
-	switch {
-	case errors.Is(err, agent.ErrNotFound):
-		return agent.ExitStatus{}, notRunError{statusNotFound, err}
-	case errors.Is(err, agent.ErrPermission):
-		return agent.ExitStatus{}, notRunError{statusCannotRun, err}
-	case err != nil:
+	if status, ok := agent.StartStatus(err); ok {
+		return agent.ExitStatus{}, notRunError{status, err}
+	}
+	if err != nil {
 		return agent.ExitStatus{}, err
 	}
 	stop := make(chan struct{})
